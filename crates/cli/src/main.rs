@@ -1,0 +1,2 @@
+//! The `scalestack` binary.
+fn main() {}
