@@ -1,2 +1,346 @@
-//! The `scalestack` binary.
-fn main() {}
+//! The `scalestack` binary: parses arguments, loads the configuration and
+//! dispatches to the crate that does the work.
+//!
+//! It holds no logic of its own beyond that: `up` is the supervisor crate,
+//! `api`, `worker` and `seed` the app crate, `gateway` the gateway crate,
+//! `bench` the bench crate. Errors reach the user here, with short context.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use scalestack_config::{CONFIG_ENV, Config};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "scalestack",
+    version,
+    about = "The scale-out API system: gateway, api servers, cache, sharded store, worker, load generator."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// TOML configuration file; every key is optional (see `scalestack config default`).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole stack on this machine: api instances, worker and gateway
+    /// as separate processes, restarted when they die. Ctrl-C stops everything.
+    Up {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Number of api processes (overrides `api.instances`).
+        #[arg(long, value_name = "N")]
+        api_instances: Option<u16>,
+        /// Data directory (overrides `data_dir`).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run one api server (normally started by `up`).
+    Api {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Which instance: listens on `api.listen` port + INSTANCE.
+        #[arg(long, default_value_t = 0)]
+        instance: u16,
+    },
+    /// Run the background worker (normally started by `up`).
+    Worker {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Run the edge gateway (normally started by `up`).
+    Gateway {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Fill the store with generated users and products.
+    Seed {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Users to create (ids continue the global sequence; 1..=N on a fresh data set).
+        #[arg(long, default_value_t = 0)]
+        users: u64,
+        /// Products to create.
+        #[arg(long, default_value_t = 0)]
+        products: u64,
+        /// Do not draw a progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Drive HTTP load at a URL and report throughput and latency.
+    Bench(BenchArgs),
+    /// Inspect configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the default configuration, every key with its documentation.
+    Default,
+    /// Check a configuration file and report the first problem.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Print the effective configuration (file plus defaults) as TOML.
+    Show {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Target URL; `{id}` is replaced by a key per request.
+    #[arg(long)]
+    url: String,
+    /// Keys substituted for `{id}`, as FIRST..LAST (inclusive).
+    #[arg(long, default_value = "1..1000")]
+    keys: String,
+    /// Key distribution: `uniform` or `zipf:S` (e.g. zipf:1.1; key FIRST is the hottest).
+    #[arg(long, default_value = "uniform")]
+    dist: String,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// How long to send load, e.g. 20s or 1m.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Load-generator threads; 0 means one per core.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// HTTP method.
+    #[arg(long, short = 'X', default_value = "GET")]
+    method: String,
+    /// Request body (sent with every request).
+    #[arg(long, short = 'd')]
+    body: Option<String>,
+    /// Extra header as `Name: value`; repeatable.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// Per-request timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Process whose CPU time (with its descendants) is reported per request;
+    /// repeatable. Give the pid of `scalestack up` to cover the whole stack.
+    #[arg(long = "cpu-pid", value_name = "PID")]
+    cpu_pids: Vec<u32>,
+    /// Also write the report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// No live progress line.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 500ms, 20s, 2m)"))
+}
+
+/// Loads the configuration: from the supervisor's environment variable when
+/// started by `up`, else from `--config`, else the defaults.
+fn load_config(args: &ConfigArgs) -> Result<Config> {
+    let config = if let Ok(text) = std::env::var(CONFIG_ENV) {
+        Config::from_toml_str(&text, CONFIG_ENV)?
+    } else if let Some(path) = &args.config {
+        Config::from_file(path)?
+    } else {
+        Config::default()
+    };
+    Ok(config)
+}
+
+fn runtime(threads: usize, name: &str) -> Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    builder
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .context("start the async runtime")
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up {
+            config,
+            api_instances,
+            data_dir,
+        } => {
+            let mut config = load_config(&config)?;
+            if let Some(n) = api_instances {
+                config.api.instances = n;
+            }
+            if let Some(dir) = data_dir {
+                config.data_dir = dir;
+            }
+            config.validate()?;
+            scalestack_telemetry::logging::init(&config.log);
+            scalestack_telemetry::metrics::install("supervisor", "supervisor");
+            let exe =
+                std::env::current_exe().context("find the scalestack binary to start children")?;
+            let rt = runtime(2, "supervisor")?;
+            rt.block_on(scalestack_supervisor::up(
+                config,
+                exe,
+                scalestack_supervisor::signal::shutdown_signal(),
+            ))?;
+            Ok(())
+        }
+        Command::Api { config, instance } => {
+            let config = load_config(&config)?;
+            config.validate()?;
+            if instance >= config.api.instances.max(1) && std::env::var_os(CONFIG_ENV).is_none() {
+                tracing::debug!(
+                    instance,
+                    "instance index beyond api.instances; serving anyway"
+                );
+            }
+            scalestack_telemetry::logging::init(&config.log);
+            let name = format!("api-{instance}");
+            scalestack_telemetry::metrics::install("api", &name);
+            let rt = runtime(config.api.threads, &name)?;
+            rt.block_on(scalestack_app::api::run(
+                &config,
+                instance,
+                scalestack_supervisor::signal::shutdown_signal(),
+            ))?;
+            rt.shutdown_timeout(Duration::from_secs(1));
+            Ok(())
+        }
+        Command::Worker { config } => {
+            let config = load_config(&config)?;
+            config.validate()?;
+            scalestack_telemetry::logging::init(&config.log);
+            scalestack_telemetry::metrics::install("worker", "worker");
+            let rt = runtime(config.worker.threads, "worker")?;
+            rt.block_on(scalestack_app::worker::run(
+                &config,
+                scalestack_supervisor::signal::shutdown_signal(),
+            ))?;
+            rt.shutdown_timeout(Duration::from_secs(1));
+            Ok(())
+        }
+        Command::Gateway { config } => {
+            let config = load_config(&config)?;
+            config.validate()?;
+            scalestack_telemetry::logging::init(&config.log);
+            scalestack_telemetry::metrics::install("gateway", "gateway");
+            let rt = runtime(config.gateway.threads, "gateway")?;
+            rt.block_on(async {
+                let gateway = scalestack_gateway::Gateway::bind(&config.gateway).await?;
+                tracing::info!(listen = %gateway.local_addr(), admin = %gateway.admin_addr(), "gateway serving");
+                gateway.serve(scalestack_supervisor::signal::shutdown_signal()).await
+            })?;
+            rt.shutdown_timeout(Duration::from_secs(1));
+            Ok(())
+        }
+        Command::Seed {
+            config,
+            users,
+            products,
+            quiet,
+        } => {
+            let config = load_config(&config)?;
+            config.validate()?;
+            scalestack_telemetry::logging::init(&config.log);
+            if users == 0 && products == 0 {
+                bail!("nothing to seed: give --users N and/or --products N");
+            }
+            let rt = runtime(0, "seed")?;
+            let report = rt
+                .block_on(scalestack_app::seed::run(&config, users, products, !quiet))
+                .context("seed the store")?;
+            let secs = report.elapsed.as_secs_f64();
+            let rows = (users + products) as f64;
+            if report.users.is_empty() {
+                println!("seeded {} products in {secs:.1}s", report.products);
+            } else {
+                println!(
+                    "seeded users {}..={} and {} products in {secs:.1}s ({:.0} rows/s)",
+                    report.users.start,
+                    report.users.end - 1,
+                    report.products,
+                    rows / secs.max(1e-9)
+                );
+            }
+            Ok(())
+        }
+        Command::Bench(args) => bench(args),
+        Command::Config { command } => match command {
+            ConfigCommand::Default => {
+                print!(
+                    "{}",
+                    scalestack_config::render::commented_toml(&Config::default())
+                );
+                Ok(())
+            }
+            ConfigCommand::Check { file } => {
+                let config = Config::from_file(&file)?;
+                config.validate()?;
+                println!("{}: ok", file.display());
+                Ok(())
+            }
+            ConfigCommand::Show { config } => {
+                let config = load_config(&config)?;
+                config.validate()?;
+                print!("{}", config.to_toml());
+                Ok(())
+            }
+        },
+    }
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    let mut spec = scalestack_bench::BenchSpec::new(args.url);
+    spec.keys = args.keys.parse().context("--keys")?;
+    spec.dist = args.dist.parse().context("--dist")?;
+    spec.method = args
+        .method
+        .to_ascii_uppercase()
+        .parse()
+        .with_context(|| format!("--method {:?} is not an HTTP method", args.method))?;
+    spec.body = args.body.map(bytes::Bytes::from);
+    for h in &args.headers {
+        let (name, value) = h
+            .split_once(':')
+            .with_context(|| format!("--header {h:?} must look like `Name: value`"))?;
+        let name: http::HeaderName = name
+            .trim()
+            .parse()
+            .with_context(|| format!("--header {h:?}: bad name"))?;
+        let value: http::HeaderValue = value
+            .trim()
+            .parse()
+            .with_context(|| format!("--header {h:?}: bad value"))?;
+        spec.headers.push((name, value));
+    }
+    spec.connections = args.connections;
+    spec.duration = args.duration;
+    spec.threads = args.threads;
+    spec.timeout = args.timeout;
+    spec.cpu_pids = args.cpu_pids;
+    spec.progress = !args.quiet;
+    let report = scalestack_bench::run(&spec)?;
+    print!("{}", report.render_table());
+    if let Some(path) = args.json {
+        let json = serde_json::to_string_pretty(&report).context("encode the report")?;
+        std::fs::write(&path, json).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}

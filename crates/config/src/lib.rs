@@ -264,6 +264,11 @@ impl Default for ApiConfig {
 }
 
 impl ApiConfig {
+    /// How errors name the address of api instance `index` (0-based).
+    pub fn instance_key(index: u16) -> String {
+        format!("api.listen (instance {index})")
+    }
+
     /// Listen address of api instance `index` (0-based).
     pub fn instance_addr(&self, index: u16) -> SocketAddr {
         let mut addr = self.listen;
@@ -412,6 +417,9 @@ impl Default for CacheConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SupervisorConfig {
+    /// Address of the supervisor's `/health` (every child's state, pid and
+    /// restarts) and `/metrics`.
+    pub listen: SocketAddr,
     /// Delay before the first restart of a child that died.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -437,6 +445,7 @@ pub struct SupervisorConfig {
 impl Default for SupervisorConfig {
     fn default() -> Self {
         Self {
+            listen: ([127, 0, 0, 1], 9002).into(),
             restart_backoff_initial: Duration::from_millis(200),
             restart_backoff_max: Duration::from_secs(10),
             stable_after: Duration::from_secs(10),
@@ -517,36 +526,66 @@ impl Config {
         self.validate_ports()
     }
 
-    /// Two components of `up` must not share a listen address.
-    fn validate_ports(&self) -> Result<(), ConfigError> {
-        let mut taken: Vec<(String, SocketAddr)> = vec![
-            ("gateway.listen".into(), self.gateway.listen),
-            ("gateway.admin_listen".into(), self.gateway.admin_listen),
-            ("worker.listen".into(), self.worker.listen),
+    /// Every address `scalestack up` listens on, with the process that owns it
+    /// and the config key it comes from.
+    pub fn listeners(&self) -> Vec<Listener> {
+        let mut all = vec![
+            Listener::new("gateway", "gateway.listen", self.gateway.listen),
+            Listener::new("gateway", "gateway.admin_listen", self.gateway.admin_listen),
+            Listener::new("worker", "worker.listen", self.worker.listen),
+            Listener::new("supervisor", "supervisor.listen", self.supervisor.listen),
         ];
         for i in 0..self.api.instances {
-            taken.push((
-                format!("api.listen (instance {i})"),
+            all.push(Listener::new(
+                &format!("api-{i}"),
+                &ApiConfig::instance_key(i),
                 self.api.instance_addr(i),
             ));
         }
-        for (i, (key, addr)) in taken.iter().enumerate() {
-            if addr.port() == 0 {
+        all
+    }
+
+    /// Two components of `up` must not share a listen address.
+    fn validate_ports(&self) -> Result<(), ConfigError> {
+        let taken = self.listeners();
+        for (i, l) in taken.iter().enumerate() {
+            if l.addr.port() == 0 {
                 return Err(invalid(
-                    key.clone(),
-                    quoted(addr),
-                    "port 0 is not allowed: other processes must know it",
+                    l.key.clone(),
+                    quoted(l.addr),
+                    "port 0 is not allowed: other processes must know the port",
                 ));
             }
-            if let Some((other, _)) = taken[..i].iter().find(|(_, a)| a == addr) {
+            if let Some(other) = taken[..i].iter().find(|o| o.addr == l.addr) {
                 return Err(invalid(
-                    key.clone(),
-                    quoted(addr),
-                    format!("already used by {other}"),
+                    l.key.clone(),
+                    quoted(l.addr),
+                    format!("already used by {}", other.key),
                 ));
             }
         }
         Ok(())
+    }
+}
+
+/// A listen address of the stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// The process: `gateway`, `api-0`, `worker`, `supervisor`.
+    pub component: String,
+    /// The config key of the address.
+    pub key: String,
+    /// The address.
+    pub addr: SocketAddr,
+}
+
+impl Listener {
+    fn new(component: &str, key: &str, addr: SocketAddr) -> Self {
+        Self {
+            component: component.to_owned(),
+            key: key.to_owned(),
+            addr,
+        }
     }
 }
 

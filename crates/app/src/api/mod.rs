@@ -143,12 +143,7 @@ pub async fn run(
 ) -> Result<(), AppError> {
     let instance = format!("api-{index}");
     let addr = config.api.instance_addr(index);
-    let key = if index == 0 {
-        "api.listen".to_owned()
-    } else {
-        format!("api.listen + {index}")
-    };
-    let listener = bind(&instance, &key, addr).await?;
+    let listener = bind(&instance, &ApiConfig::instance_key(index), addr).await?;
     let store = Store::open(config).await?;
     let state = AppState::new(config, store.clone(), &instance);
     tracing::info!(%instance, %addr, "api serving");
@@ -231,7 +226,7 @@ fn validate_range(field: &str, value: i64, min: i64, max: i64) -> Result<(), Api
     }
 }
 
-fn created(location: &str, body: &serde_json::Value) -> Response {
+fn created(location: &str, body: &impl serde::Serialize) -> Response {
     let mut response = json_response(StatusCode::CREATED, body);
     if let Ok(value) = HeaderValue::from_str(location) {
         response.headers_mut().insert(header::LOCATION, value);
@@ -256,7 +251,7 @@ async fn create_user(
         .await?;
     Ok(created(
         &format!("/users/{}", user.id),
-        &project(&UserView::from(&user), None),
+        &UserView::from(&user),
     ))
 }
 
@@ -372,7 +367,7 @@ async fn create_product(
         .await?;
     Ok(created(
         &format!("/products/{}", product.id),
-        &project(&ProductView::from(&product), None),
+        &ProductView::from(&product),
     ))
 }
 
@@ -452,7 +447,7 @@ async fn create_order(
         })?;
     Ok(created(
         &format!("/orders/{}", order.id),
-        &project(&OrderView::from(&order), None),
+        &OrderView::from(&order),
     ))
 }
 

@@ -1,0 +1,135 @@
+//! Header rewriting between client and upstream.
+//!
+//! Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection, not the
+//! message, so a proxy must drop them in both directions: `Connection` and
+//! every header it names, plus the fixed list below. The forwarding headers
+//! tell the upstream who the client was.
+
+use http::HeaderMap;
+use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+
+/// `X-Forwarded-For`: the chain of client addresses.
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`: the scheme the client used.
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // The headers that `Connection` names go first, while it is still there.
+    // Copying its values (cheap: they share the read buffer) lets us mutate
+    // the map; a message with several `Connection` lines is rare.
+    match headers.get_all(CONNECTION).iter().count() {
+        0 => {}
+        1 => {
+            if let Some(value) = headers.get(CONNECTION).cloned() {
+                remove_named(headers, &value);
+            }
+        }
+        _ => {
+            let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
+            for value in &values {
+                remove_named(headers, value);
+            }
+        }
+    }
+    headers.remove(CONNECTION);
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(TE);
+    headers.remove(TRAILER);
+    headers.remove(TRANSFER_ENCODING);
+    headers.remove(UPGRADE);
+}
+
+/// Removes every header named in one `Connection` value (`close, x-foo`).
+fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
+    let Ok(list) = connection.to_str() else {
+        return;
+    };
+    for token in list.split(',').map(str::trim) {
+        // The two common tokens are options, not header names; skipping them
+        // saves building a header name for nearly every request.
+        if token.is_empty()
+            || token.eq_ignore_ascii_case("keep-alive")
+            || token.eq_ignore_ascii_case("close")
+        {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// The `X-Forwarded-For` value to send upstream: the client's chain, if it
+/// sent one, with `client_ip` appended.
+pub(crate) fn forwarded_for(headers: &HeaderMap, client_ip: &HeaderValue) -> HeaderValue {
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if prior.peek().is_none() {
+        return client_ip.clone();
+    }
+    let mut chain = Vec::with_capacity(64);
+    for value in prior {
+        chain.extend_from_slice(value.as_bytes());
+        chain.extend_from_slice(b", ");
+    }
+    chain.extend_from_slice(client_ip.as_bytes());
+    // Every part is a valid header value already, so this cannot fail; the
+    // fallback only keeps client input from ever causing a panic.
+    HeaderValue::from_bytes(&chain).unwrap_or_else(|_| client_ip.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn strips_fixed_and_connection_named_headers() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "x-other"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("host", "api.example"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_client() {
+        let ip = HeaderValue::from_static("10.0.0.9");
+        assert_eq!(forwarded_for(&HeaderMap::new(), &ip), "10.0.0.9");
+        let headers = map(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-for", "198.51.100.1, 192.0.2.3"),
+        ]);
+        assert_eq!(
+            forwarded_for(&headers, &ip),
+            "203.0.113.7, 198.51.100.1, 192.0.2.3, 10.0.0.9"
+        );
+    }
+}

@@ -1,0 +1,267 @@
+//! Active health checks of the upstream endpoints, and the gateway's own
+//! health report.
+//!
+//! One task per endpoint sends `GET health_check.path` every
+//! `health_check.interval`; a 2xx answer within `health_check.timeout` passes.
+//! `fall` failures in a row take a healthy endpoint out of rotation, `rise`
+//! passes in a row put an unhealthy one back. With the default `fall = 1`, a
+//! dead instance stops getting traffic within one interval even when no
+//! request happens to discover it first (the proxy's connect failures mark
+//! endpoints down at once, see [`crate::upstream::Pool::mark_down`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::{HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use scalestack_config::HealthCheckConfig;
+use scalestack_telemetry::health::{Check, HealthReport, Status};
+use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
+
+use crate::upstream::{Endpoint, Pool};
+
+/// The name of an endpoint's check in the health report.
+pub(crate) fn check_name(endpoint: &str) -> String {
+    format!("upstream.{endpoint}")
+}
+
+/// Starts one checking task per endpoint; dropping the set stops them.
+pub(crate) fn spawn_checks(pool: &Arc<Pool>, config: &HealthCheckConfig) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    for index in 0..pool.len() {
+        tasks.spawn(check_loop(Arc::clone(pool), index, config.clone()));
+    }
+    tasks
+}
+
+async fn check_loop(pool: Arc<Pool>, index: usize, config: HealthCheckConfig) {
+    let endpoint = pool.endpoint(index);
+    let name = check_name(&endpoint.name);
+    let path = match config.path.parse::<http::uri::PathAndQuery>() {
+        Ok(path) => path,
+        Err(error) => {
+            // Config validation rejects such a path; without one there is
+            // nothing to check, and the endpoint keeps its passive verdicts.
+            tracing::error!(path = %config.path, %error, "invalid health check path");
+            return;
+        }
+    };
+    let mut streak = Streak::new(config.rise, config.fall);
+    // The first tick fires at once, so a dead endpoint is found right at start.
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let check = Check::run(name.clone(), config.timeout, probe(&pool, endpoint, &path)).await;
+        let passed = check.status == Status::Ok;
+        endpoint.metrics.health_check(passed);
+        // The flag is read after the probe: a passive mark-down during the
+        // probe must count as the state this result applies to.
+        let change = streak.observe(endpoint.is_healthy(), passed);
+        if let Some(healthy) = change
+            && endpoint.set_healthy(healthy)
+        {
+            if healthy {
+                tracing::info!(endpoint = %endpoint.name, "endpoint up");
+            } else {
+                tracing::warn!(
+                    endpoint = %endpoint.name,
+                    error = check.error.as_deref().unwrap_or(""),
+                    "endpoint down"
+                );
+            }
+        }
+        endpoint.set_last_check(check);
+    }
+}
+
+/// Why a probe failed.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("cannot build the request: {0}")]
+    Request(#[from] http::Error),
+    #[error("{}", crate::error::chain(.0))]
+    Upstream(#[from] hyper_util::client::legacy::Error),
+    #[error("reading the body: {0}")]
+    Body(#[from] hyper::Error),
+    #[error("answered {0}")]
+    Status(StatusCode),
+}
+
+/// One `GET` of the health path on the pooled client.
+async fn probe(
+    pool: &Pool,
+    endpoint: &Endpoint,
+    path: &http::uri::PathAndQuery,
+) -> Result<(), ProbeError> {
+    let uri = endpoint.uri(path.clone())?;
+    let host = HeaderValue::from_str(endpoint.authority().as_str())
+        .map_err(|e| ProbeError::Request(e.into()))?;
+    let request = Request::get(uri)
+        .header(HOST, host)
+        .body(Full::new(Bytes::new()))?;
+    let response = pool.client().request(request).await?;
+    let status = response.status();
+    // Reading the body to its end returns the connection to the pool.
+    response.into_body().collect().await?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(ProbeError::Status(status))
+    }
+}
+
+/// The rise/fall hysteresis of one endpoint.
+#[derive(Debug)]
+struct Streak {
+    rise: u32,
+    fall: u32,
+    passes: u32,
+    failures: u32,
+}
+
+impl Streak {
+    fn new(rise: u32, fall: u32) -> Self {
+        Self {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            passes: 0,
+            failures: 0,
+        }
+    }
+
+    /// Records one check of an endpoint that is currently `healthy`; returns
+    /// the new state when the endpoint must change state.
+    fn observe(&mut self, healthy: bool, passed: bool) -> Option<bool> {
+        // Only the streak against the current state matters; the other one
+        // stays at zero, so a state change by someone else (a passive
+        // mark-down) starts a fresh count.
+        match (healthy, passed) {
+            (true, true) => {
+                self.failures = 0;
+                self.passes = 0;
+                None
+            }
+            (true, false) => {
+                self.passes = 0;
+                self.failures += 1;
+                (self.failures >= self.fall).then(|| {
+                    self.failures = 0;
+                    false
+                })
+            }
+            (false, true) => {
+                self.failures = 0;
+                self.passes += 1;
+                (self.passes >= self.rise).then(|| {
+                    self.passes = 0;
+                    true
+                })
+            }
+            (false, false) => {
+                self.passes = 0;
+                self.failures = 0;
+                None
+            }
+        }
+    }
+}
+
+/// The gateway's `/health` report: one check per endpoint, showing whether
+/// it receives traffic. The gateway can serve while at least one endpoint is
+/// healthy, so that — not "every check passed" — decides the overall status.
+pub(crate) fn report(pool: &Pool, uptime: Duration) -> HealthReport {
+    let checks = pool
+        .endpoints()
+        .iter()
+        .map(|endpoint| {
+            let status = if endpoint.is_healthy() {
+                Status::Ok
+            } else {
+                Status::Fail
+            };
+            match endpoint.last_check() {
+                Some(last) => Check { status, ..last },
+                None => Check {
+                    name: check_name(&endpoint.name),
+                    status,
+                    latency_ms: 0.0,
+                    error: None,
+                },
+            }
+        })
+        .collect();
+    let mut report = HealthReport::new(crate::COMPONENT, crate::COMPONENT, uptime, checks);
+    report.status = if pool.any_healthy() {
+        Status::Ok
+    } else {
+        Status::Fail
+    };
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn falls_after_fall_failures_and_rises_after_rise_passes() {
+        let mut streak = Streak::new(2, 3);
+        assert_eq!(streak.observe(true, false), None);
+        assert_eq!(streak.observe(true, false), None);
+        assert_eq!(streak.observe(true, true), None, "a pass breaks the streak");
+        assert_eq!(streak.observe(true, false), None);
+        assert_eq!(streak.observe(true, false), None);
+        assert_eq!(streak.observe(true, false), Some(false));
+        assert_eq!(streak.observe(false, true), None);
+        assert_eq!(streak.observe(false, false), None, "a failure breaks it");
+        assert_eq!(streak.observe(false, true), None);
+        assert_eq!(streak.observe(false, true), Some(true));
+    }
+
+    #[test]
+    fn one_and_one_flip_at_once() {
+        let mut streak = Streak::new(1, 1);
+        assert_eq!(streak.observe(true, false), Some(false));
+        assert_eq!(streak.observe(false, true), Some(true));
+        assert_eq!(streak.observe(true, true), None);
+    }
+
+    #[test]
+    fn passive_mark_down_starts_a_fresh_rise_count() {
+        let mut streak = Streak::new(2, 5);
+        assert_eq!(streak.observe(true, true), None);
+        // Marked down by the proxy in between: the earlier pass must not count.
+        assert_eq!(streak.observe(false, true), None);
+        assert_eq!(streak.observe(false, true), Some(true));
+    }
+
+    #[tokio::test]
+    async fn report_is_ok_while_any_endpoint_is_healthy() {
+        let config = scalestack_config::UpstreamConfig {
+            endpoints: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            ..Default::default()
+        };
+        let pool = Pool::new(&config).unwrap();
+        pool.mark_down(0, &crate::upstream::tests::refused());
+        let report = report(&pool, Duration::from_secs(3));
+        assert_eq!(report.http_status(), 200);
+        assert_eq!(report.checks.len(), 2);
+        assert_eq!(report.checks[0].name, "upstream.127.0.0.1:1");
+        assert_eq!(report.checks[0].status, Status::Fail);
+        assert!(
+            report.checks[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("refused")
+        );
+        assert_eq!(report.checks[1].status, Status::Ok);
+
+        pool.mark_down(1, &crate::upstream::tests::refused());
+        assert_eq!(super::report(&pool, Duration::ZERO).http_status(), 503);
+    }
+}
