@@ -1,0 +1,142 @@
+//! Developer tasks of the scalestack workspace (`cargo xtask ...`).
+//!
+//! `test` is the one command that checks everything: it installs what the
+//! tests need, then runs formatting, lints and every test. `bench <name>`
+//! runs a benchmark side by side with its anchor (wrk, NGINX, ...), prints a
+//! table and appends the figures and the command to `BENCHMARKS.md`.
+//!
+//! Nothing here ships: the product never depends on this crate.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+mod bench_stack;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "scalestack developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what the tests need, then check formatting, lints and run every test.
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run a benchmark and append its figures to BENCHMARKS.md.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// GET /users/{id} with Zipf keys through the gateway of the whole stack:
+    /// `scalestack bench` and wrk as clients, CPU per request of every process.
+    Stack(bench_stack::Args),
+}
+
+/// The workspace root (xtask lives in `crates/xtask`).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("the workspace root exists")
+}
+
+/// Runs a command in the workspace root, failing with its command line.
+fn run(cmd: &mut Command) -> Result<()> {
+    let line = format!("{cmd:?}");
+    eprintln!("xtask: {line}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("start {line}"))?;
+    if !status.success() {
+        bail!("{line} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Debian packages the tests need, by the program that shows they are there.
+/// (The walking skeleton's tests run on embedded SQLite only; PostgreSQL,
+/// Redis and nats-server join this list with the issues that test on them.)
+const TEST_PACKAGES: &[(&str, &str)] = &[];
+
+/// Installs a Debian package when its program is missing.
+pub(crate) fn ensure_program(program: &str, package: &str) -> Result<()> {
+    if Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: {program} is missing; installing Debian package {package}");
+    let sudo = if is_root() { vec![] } else { vec!["sudo"] };
+    let apt = |args: &[&str]| -> Result<()> {
+        let mut cmd = Command::new(sudo.first().copied().unwrap_or("apt-get"));
+        if !sudo.is_empty() {
+            cmd.arg("apt-get");
+        }
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut cmd)
+    };
+    if apt(&["install", "-y", "-q", package]).is_err() {
+        apt(&["update", "-q"])?;
+        apt(&["install", "-y", "-q", package])?;
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+        || std::fs::read_to_string("/proc/self/status")
+            .map(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+            })
+            .unwrap_or(false)
+}
+
+fn test(no_lint: bool, args: &[String]) -> Result<()> {
+    for (program, package) in TEST_PACKAGES {
+        ensure_program(program, package)?;
+    }
+    if !no_lint {
+        run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    run(cargo().args(["test", "--workspace"]).args(args))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Test { no_lint, args } => test(no_lint, &args),
+        Task::Bench { which } => match which {
+            Bench::Stack(args) => bench_stack::run(&args),
+        },
+    }
+}
