@@ -511,3 +511,32 @@ fn bench_refuses_bad_input_before_sending_load() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("zipf"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_stop_when_the_supervisor_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(EXE.as_ref(), test_config(dir.path(), 1), dir.path(), &[])
+        .await
+        .unwrap();
+    let pids: Vec<u32> = stack.children().await["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ch| ch["pid"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(pids.len(), 3);
+    std::process::Command::new("kill")
+        .args(["-9", &stack.pid().to_string()])
+        .status()
+        .unwrap();
+    let gone = eventually(Duration::from_secs(15), || {
+        let pids = pids.clone();
+        async move { pids.iter().all(|p| !process_alive(*p)).then_some(()) }
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "children outlived a SIGKILLed supervisor; log:\n{}",
+        stack.log()
+    );
+}
