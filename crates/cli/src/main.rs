@@ -174,6 +174,36 @@ fn runtime(threads: usize, name: &str) -> Result<tokio::runtime::Runtime> {
         .context("start the async runtime")
 }
 
+/// Runs one server process (`api`, `worker`, `gateway`): validates the
+/// config, sets up logging and metrics, builds the runtime with `threads`
+/// workers and serves until a shutdown signal.
+fn serve<'c, F, Fut>(
+    component: &str,
+    instance: &str,
+    threads: usize,
+    config: &'c Config,
+    run: F,
+) -> Result<()>
+where
+    F: FnOnce(&'c Config, Shutdown) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    config.validate()?;
+    scalestack_telemetry::logging::init(&config.log);
+    scalestack_telemetry::metrics::install(component, instance);
+    let rt = runtime(threads, instance)?;
+    let result = rt.block_on(run(
+        config,
+        Box::pin(scalestack_supervisor::signal::shutdown_signal()),
+    ));
+    // Background tasks (pool reapers, health checks) must not hold up the exit.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// The shutdown future handed to a server.
+type Shutdown = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -204,51 +234,42 @@ fn main() -> Result<()> {
         }
         Command::Api { config, instance } => {
             let config = load_config(&config)?;
-            config.validate()?;
-            if instance >= config.api.instances.max(1) && std::env::var_os(CONFIG_ENV).is_none() {
-                tracing::debug!(
-                    instance,
-                    "instance index beyond api.instances; serving anyway"
-                );
-            }
-            scalestack_telemetry::logging::init(&config.log);
             let name = format!("api-{instance}");
-            scalestack_telemetry::metrics::install("api", &name);
-            let rt = runtime(config.api.threads, &name)?;
-            rt.block_on(scalestack_app::api::run(
+            serve(
+                "api",
+                &name,
+                config.api.threads,
                 &config,
-                instance,
-                scalestack_supervisor::signal::shutdown_signal(),
-            ))?;
-            rt.shutdown_timeout(Duration::from_secs(1));
-            Ok(())
+                |config, shutdown| async move {
+                    Ok(scalestack_app::api::run(config, instance, shutdown).await?)
+                },
+            )
         }
         Command::Worker { config } => {
             let config = load_config(&config)?;
-            config.validate()?;
-            scalestack_telemetry::logging::init(&config.log);
-            scalestack_telemetry::metrics::install("worker", "worker");
-            let rt = runtime(config.worker.threads, "worker")?;
-            rt.block_on(scalestack_app::worker::run(
+            serve(
+                "worker",
+                "worker",
+                config.worker.threads,
                 &config,
-                scalestack_supervisor::signal::shutdown_signal(),
-            ))?;
-            rt.shutdown_timeout(Duration::from_secs(1));
-            Ok(())
+                |config, shutdown| async move {
+                    Ok(scalestack_app::worker::run(config, shutdown).await?)
+                },
+            )
         }
         Command::Gateway { config } => {
             let config = load_config(&config)?;
-            config.validate()?;
-            scalestack_telemetry::logging::init(&config.log);
-            scalestack_telemetry::metrics::install("gateway", "gateway");
-            let rt = runtime(config.gateway.threads, "gateway")?;
-            rt.block_on(async {
-                let gateway = scalestack_gateway::Gateway::bind(&config.gateway).await?;
-                tracing::info!(listen = %gateway.local_addr(), admin = %gateway.admin_addr(), "gateway serving");
-                gateway.serve(scalestack_supervisor::signal::shutdown_signal()).await
-            })?;
-            rt.shutdown_timeout(Duration::from_secs(1));
-            Ok(())
+            serve(
+                "gateway",
+                "gateway",
+                config.gateway.threads,
+                &config,
+                |config, shutdown| async move {
+                    let gateway = scalestack_gateway::Gateway::bind(&config.gateway).await?;
+                    tracing::info!(listen = %gateway.local_addr(), admin = %gateway.admin_addr(), "gateway serving");
+                    Ok(gateway.serve(shutdown).await?)
+                },
+            )
         }
         Command::Seed {
             config,

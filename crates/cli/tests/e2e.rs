@@ -417,8 +417,12 @@ async fn seed_fills_the_store_and_bench_drives_load() {
 #[tokio::test]
 async fn a_port_in_use_is_named_with_its_component() {
     let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path(), 1);
-    let _squatter = std::net::TcpListener::bind(config.gateway.listen).unwrap();
+    let mut config = test_config(dir.path(), 1);
+    // The kernel picks the squatter's port: re-binding a port that
+    // `free_consecutive` has just probed can fail for a moment while another
+    // test thread's fork (before its exec) still holds the probe's socket.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    config.gateway.listen = squatter.local_addr().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, config.to_toml()).unwrap();
     let out = run(&["up", "--config", path.to_str().unwrap()]);

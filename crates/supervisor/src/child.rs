@@ -119,22 +119,27 @@ impl Supervised {
         Ok(())
     }
 
+    /// Waits until the child's task reports it healthy (see [`supervise`]).
     async fn wait_healthy(&self, spec: &ChildSpec) -> Result<(), SupervisorError> {
         let deadline = Instant::now() + self.config.supervisor.start_timeout;
         loop {
-            if let Some(status) = self.status_of(&spec.name)
-                && status.restarts > 0
-            {
-                return Err(SupervisorError::StartFailed {
-                    child: spec.name.clone(),
-                    reason: format!(
-                        "it exited during start-up ({}); its output is above",
-                        status.last_exit.unwrap_or_else(|| "unknown cause".into())
-                    ),
-                });
-            }
-            if let Ok(200) = probe::status(spec.health, "/health", Duration::from_secs(1)).await {
-                return Ok(());
+            let status = self.status_of(&spec.name);
+            if let Some(status) = &status {
+                if status.restarts > 0 {
+                    return Err(SupervisorError::StartFailed {
+                        child: spec.name.clone(),
+                        reason: format!(
+                            "it exited during start-up ({}); its output is above",
+                            status
+                                .last_exit
+                                .clone()
+                                .unwrap_or_else(|| "unknown cause".into())
+                        ),
+                    });
+                }
+                if status.state == ChildState::Running {
+                    return Ok(());
+                }
             }
             if Instant::now() >= deadline {
                 return Err(SupervisorError::StartFailed {
@@ -272,53 +277,79 @@ async fn supervise(
         let started = Instant::now();
         let pid = child.id();
         update(&statuses, &spec.name, |s| {
-            s.state = ChildState::Running;
+            s.state = ChildState::Starting;
             s.pid = pid;
             s.started = Some(started);
         });
         up.set(1.0);
+        let healthy = became_healthy(&spec, sv.start_timeout);
+        tokio::pin!(healthy);
+        let mut reported_healthy = false;
 
-        tokio::select! {
-            exit = child.wait() => {
-                up.set(0.0);
-                let how = exit.map(describe_exit).unwrap_or_else(|e| e.to_string());
-                if started.elapsed() >= sv.stable_after {
-                    attempt = 0;
+        loop {
+            tokio::select! {
+                () = &mut healthy, if !reported_healthy => {
+                    reported_healthy = true;
+                    update(&statuses, &spec.name, |s| s.state = ChildState::Running);
                 }
-                let delay = backoff.delay_random(attempt);
-                attempt = attempt.saturating_add(1);
-                tracing::warn!(
-                    child = %spec.name,
-                    exit = %how,
-                    restart_in_ms = delay.as_millis() as u64,
-                    "child died; restarting"
-                );
-                update(&statuses, &spec.name, |s| {
-                    s.state = ChildState::Backoff;
-                    s.pid = None;
-                    s.last_exit = Some(how);
-                    s.restarts += 1;
-                });
-                restarts.increment(1);
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    _ = stop.changed() => {
-                        update(&statuses, &spec.name, |s| s.state = ChildState::Stopped);
-                        return;
+                exit = child.wait() => {
+                    up.set(0.0);
+                    let how = exit.map(describe_exit).unwrap_or_else(|e| e.to_string());
+                    if started.elapsed() >= sv.stable_after {
+                        attempt = 0;
                     }
+                    let delay = backoff.delay_random(attempt);
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(
+                        child = %spec.name,
+                        exit = %how,
+                        restart_in_ms = delay.as_millis() as u64,
+                        "child died; restarting"
+                    );
+                    update(&statuses, &spec.name, |s| {
+                        s.state = ChildState::Backoff;
+                        s.pid = None;
+                        s.last_exit = Some(how);
+                        s.restarts += 1;
+                    });
+                    restarts.increment(1);
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = stop.changed() => {
+                            update(&statuses, &spec.name, |s| s.state = ChildState::Stopped);
+                            return;
+                        }
+                    }
+                    break;
                 }
-            }
-            _ = stop.changed() => {
-                let how = terminate(&spec.name, &mut child, sv.shutdown_timeout).await;
-                up.set(0.0);
-                update(&statuses, &spec.name, |s| {
-                    s.state = ChildState::Stopped;
-                    s.pid = None;
-                    s.last_exit = Some(how);
-                });
-                return;
+                _ = stop.changed() => {
+                    let how = terminate(&spec.name, &mut child, sv.shutdown_timeout).await;
+                    up.set(0.0);
+                    update(&statuses, &spec.name, |s| {
+                        s.state = ChildState::Stopped;
+                        s.pid = None;
+                        s.last_exit = Some(how);
+                    });
+                    return;
+                }
             }
         }
+    }
+}
+
+/// Resolves once the child answers `/health` with 200; never, if it does
+/// not within `timeout` (it then stays `starting`, and says so in a log line).
+async fn became_healthy(spec: &ChildSpec, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(200) = probe::status(spec.health, "/health", Duration::from_secs(1)).await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(child = %spec.name, health = %spec.health, "not healthy within the start timeout");
+            return std::future::pending().await;
+        }
+        tokio::time::sleep(START_POLL).await;
     }
 }
 

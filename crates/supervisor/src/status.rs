@@ -20,7 +20,9 @@ use crate::SupervisorError;
 pub enum ChildState {
     /// Not started yet.
     Pending,
-    /// The process is alive.
+    /// The process is alive but has not answered `/health` with 200 yet.
+    Starting,
+    /// The process is alive and has reported healthy since it started.
     Running,
     /// The process died; waiting to restart it.
     Backoff,
