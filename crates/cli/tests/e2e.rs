@@ -519,7 +519,11 @@ fn bench_refuses_bad_input_before_sending_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn children_stop_when_the_supervisor_is_killed() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = Stack::start(EXE.as_ref(), test_config(dir.path(), 1), dir.path(), &[])
+    // Ports for two api instances, a config asking for one, and the flag
+    // asking for two: the flag wins.
+    let mut config = test_config(dir.path(), 2);
+    config.api.instances = 1;
+    let stack = Stack::start(EXE.as_ref(), config, dir.path(), &["--api-instances", "2"])
         .await
         .unwrap();
     let pids: Vec<u32> = stack.children().await["children"]
@@ -528,7 +532,7 @@ async fn children_stop_when_the_supervisor_is_killed() {
         .iter()
         .map(|ch| ch["pid"].as_u64().unwrap() as u32)
         .collect();
-    assert_eq!(pids.len(), 3);
+    assert_eq!(pids.len(), 4, "api-0, api-1, worker, gateway");
     std::process::Command::new("kill")
         .args(["-9", &stack.pid().to_string()])
         .status()
