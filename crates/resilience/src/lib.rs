@@ -7,5 +7,7 @@
 //! outcomes and act on its answers.
 
 pub mod backoff;
+pub mod breaker;
 
 pub use backoff::{Backoff, Jitter};
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Clock, ManualClock, SystemClock};
