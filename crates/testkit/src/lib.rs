@@ -10,6 +10,7 @@
 
 pub mod http;
 pub mod ports;
+pub mod redis;
 pub mod stack;
 
 /// Polls `probe` every 20 ms until it returns `Some`, for at most `timeout`.

@@ -13,6 +13,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench_cache;
 mod bench_stack;
 
 #[derive(Debug, Parser)]
@@ -45,6 +46,9 @@ enum Bench {
     /// GET /users/{id} with Zipf keys through the gateway of the whole stack:
     /// `scalestack bench` and wrk as clients, CPU per request of every process.
     Stack(bench_stack::Args),
+    /// The cache tier: reads/s of the L2 path against `redis-benchmark -t get`
+    /// on the same redis-server (the L2 ceiling).
+    Cache(bench_cache::Args),
 }
 
 /// The workspace root (xtask lives in `crates/xtask`).
@@ -76,7 +80,12 @@ fn cargo() -> Command {
 /// Debian packages the tests need, by the program that shows they are there.
 /// (The walking skeleton's tests run on embedded SQLite only; PostgreSQL,
 /// Redis and nats-server join this list with the issues that test on them.)
-const TEST_PACKAGES: &[(&str, &str)] = &[];
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    // The cache's L2 and outage tests (crates/cache, testkit::redis); the
+    // cluster tests also need redis-cli, which is in redis-tools.
+    ("redis-server", "redis-server"),
+    ("redis-cli", "redis-tools"),
+];
 
 /// Installs a Debian package when its program is missing.
 pub(crate) fn ensure_program(program: &str, package: &str) -> Result<()> {
@@ -137,6 +146,7 @@ fn main() -> Result<()> {
         Task::Test { no_lint, args } => test(no_lint, &args),
         Task::Bench { which } => match which {
             Bench::Stack(args) => bench_stack::run(&args),
+            Bench::Cache(args) => bench_cache::run(&args),
         },
     }
 }
