@@ -1,77 +1,59 @@
 //! The live progress line on stderr.
 //!
-//! Once per second the line is rewritten in place (`\r`) with the elapsed
-//! time, the request rate and p99 over the last second, and the errors so
-//! far. It reads the [`Live`] shards, never the connections' own statistics,
-//! so it adds nothing to the hot path when it is off.
+//! Once per second the line is rewritten in place (`\r`) from the newest
+//! timeline row: elapsed time, the response rate (and the target rate in the
+//! open model), p99 over the last second, and the errors and requests so
+//! far. It reads only the rows the monitor builds anyway, so it adds nothing
+//! to the load threads' work; quiet runs (CI) simply do not draw it.
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::stats::{Interval, Live};
+use crate::stats::TimelineRow;
 
-/// State of the progress line between ticks; draws on `W` (stderr outside
+/// State of the progress line between rows; draws on `W` (stderr outside
 /// of tests).
 #[derive(Debug)]
 pub(crate) struct Progress<W: Write = std::io::Stderr> {
     out: W,
-    start: Instant,
     total: Duration,
-    last_tick: Instant,
-    interval: Interval,
-    requests: u64,
+    open: bool,
+    requests: f64,
     errors: u64,
     /// Width of the line on screen, so a shorter line can blank it out.
     shown: usize,
 }
 
 impl Progress {
-    pub(crate) fn new(start: Instant, total: Duration) -> Self {
-        Self::with_output(start, total, std::io::stderr())
+    pub(crate) fn new(total: Duration, open: bool) -> Self {
+        Self::with_output(total, open, std::io::stderr())
     }
 }
 
 impl<W: Write> Progress<W> {
-    fn with_output(start: Instant, total: Duration, out: W) -> Self {
+    fn with_output(total: Duration, open: bool, out: W) -> Self {
         Self {
             out,
-            start,
             total,
-            last_tick: start,
-            interval: Interval::new(),
-            requests: 0,
+            open,
+            requests: 0.0,
             errors: 0,
             shown: 0,
         }
     }
 
-    /// Drains the live figures and redraws the line.
-    pub(crate) fn tick(&mut self, live: &Live) {
-        let now = Instant::now();
-        live.drain_into(&mut self.interval);
-        let since = now.duration_since(self.last_tick).as_secs_f64();
-        let rps = if since > 0.0 {
-            self.interval.responses as f64 / since
-        } else {
-            0.0
-        };
-        self.requests += self.interval.responses;
-        self.errors += self.interval.errors;
-        let p99 = (!self.interval.latency.is_empty())
-            .then(|| self.interval.latency.value_at_quantile(0.99));
+    /// Redraws the line with a new row.
+    pub(crate) fn row(&mut self, row: &TimelineRow) {
+        self.requests += row.rps * row.seconds;
+        self.errors += row.errors;
         let line = format_line(
-            now - self.start,
+            row,
             self.total,
-            rps,
-            p99,
+            self.open,
             self.errors,
-            self.requests,
+            self.requests.round() as u64,
         );
         self.draw(&line);
-        self.interval.latency.reset();
-        self.interval.responses = 0;
-        self.interval.errors = 0;
-        self.last_tick = now;
     }
 
     /// Blanks the line, leaving the cursor where the line began, so that
@@ -96,24 +78,29 @@ impl<W: Write> Progress<W> {
 }
 
 /// One progress line, e.g.
-/// `[ 3s/20s] 61234 req/s  p99 1.234 ms  errors 0  requests 183702`.
+/// `[ 3s/20s]    61234 req/s  p99 1.234 ms  errors 0  requests 183702`.
 pub(crate) fn format_line(
-    elapsed: Duration,
+    row: &TimelineRow,
     total: Duration,
-    rps: f64,
-    p99_us: Option<u64>,
+    open: bool,
     errors: u64,
     requests: u64,
 ) -> String {
     let total_s = total.as_secs_f64();
     let width = format!("{total_s:.0}").len();
-    let p99 = match p99_us {
-        Some(us) => format!("{:.3} ms", us as f64 / 1000.0),
-        None => "-".to_owned(),
+    let p99 = if row.rps > 0.0 {
+        format!("{:.3} ms", row.p99_us as f64 / 1000.0)
+    } else {
+        "-".to_owned()
+    };
+    let target = match (open, row.target_rps) {
+        (true, Some(t)) => format!(" (target {t:.0})"),
+        _ => String::new(),
     };
     format!(
-        "[{elapsed:>width$.0}s/{total_s:.0}s] {rps:>8.0} req/s  p99 {p99}  errors {errors}  requests {requests}",
-        elapsed = elapsed.as_secs_f64(),
+        "[{elapsed:>width$.0}s/{total_s:.0}s] {rps:>8.0} req/s{target}  p99 {p99}  errors {errors}  requests {requests}",
+        elapsed = row.t_s,
+        rps = row.rps,
     )
 }
 
@@ -121,13 +108,27 @@ pub(crate) fn format_line(
 mod tests {
     use super::*;
 
+    fn row(t_s: f64, rps: f64, p99_us: u64, errors: u64) -> TimelineRow {
+        TimelineRow {
+            t_s,
+            seconds: 1.0,
+            target_rps: Some(5000.0),
+            sent_rps: rps,
+            rps,
+            errors,
+            p50_us: 0,
+            p90_us: 0,
+            p99_us,
+            max_us: 0,
+        }
+    }
+
     #[test]
     fn formats_rate_p99_errors_and_totals() {
         let line = format_line(
-            Duration::from_millis(3_020),
+            &row(3.02, 61_234.4, 1_234, 2),
             Duration::from_secs(20),
-            61_234.4,
-            Some(1_234),
+            false,
             2,
             183_702,
         );
@@ -135,39 +136,30 @@ mod tests {
             line,
             "[ 3s/20s]    61234 req/s  p99 1.234 ms  errors 2  requests 183702"
         );
-        let idle = format_line(
-            Duration::from_secs(1),
-            Duration::from_secs(5),
-            0.0,
-            None,
-            0,
-            0,
+        let idle = format_line(&row(1.0, 0.0, 0, 0), Duration::from_secs(5), true, 0, 0);
+        assert_eq!(
+            idle,
+            "[1s/5s]        0 req/s (target 5000)  p99 -  errors 0  requests 0"
         );
-        assert_eq!(idle, "[1s/5s]        0 req/s  p99 -  errors 0  requests 0");
     }
 
     #[test]
-    fn tick_drains_the_live_figures() {
-        let live = std::sync::Arc::new(Live::new(1));
-        let mut conn = crate::stats::ConnStats::new(Some(live.slot(0)));
-        conn.response(503, Duration::from_millis(2), 0);
-        let mut progress =
-            Progress::with_output(Instant::now(), Duration::from_secs(1), Vec::new());
-        progress.tick(&live);
-        assert_eq!((progress.requests, progress.errors), (1, 1));
-        progress.tick(&live);
-        assert_eq!((progress.requests, progress.errors), (1, 1));
+    fn rows_accumulate_and_the_line_is_blanked_at_the_end() {
+        let mut progress = Progress::with_output(Duration::from_secs(2), false, Vec::new());
+        progress.row(&row(1.0, 100.0, 2_000, 1));
+        progress.row(&row(2.0, 0.0, 0, 0));
+        assert_eq!((progress.requests, progress.errors), (100.0, 1));
         progress.clear();
         let screen = String::from_utf8(progress.out).unwrap();
         // Two lines drawn over each other, then blanked.
         let frames: Vec<&str> = screen.split('\r').collect();
         assert_eq!(frames.len(), 5, "{screen:?}");
         assert!(
-            frames[1].contains("p99 2.000 ms  errors 1  requests 1"),
+            frames[1].contains("p99 2.000 ms  errors 1  requests 100"),
             "{screen:?}"
         );
         assert!(
-            frames[2].contains("p99 -  errors 1  requests 1"),
+            frames[2].contains("p99 -  errors 1  requests 100"),
             "{screen:?}"
         );
         assert_eq!(

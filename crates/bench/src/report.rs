@@ -1,34 +1,110 @@
-//! The result of a run: [`BenchReport`], serialisable for `--json FILE` and
-//! rendered as a terminal table.
+//! The result of a run: [`BenchReport`], serialisable for `--json FILE`
+//! (and read back by `compare` and `scalestack plan --from`), rendered as a
+//! terminal table here and as HTML in `html`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::cpu::CpuUsage;
-use crate::stats::{ErrorCounts, LatencySummary, is_error_status};
-use crate::{KeyDist, KeyRange};
+use crate::schedule::Schedule;
+use crate::stats::{
+    ErrorCounts, KindStats, LatencySummary, PercentilePoint, TimelineRow, Totals, spectrum,
+};
+use crate::target::RequestKind;
+use crate::{KeyDist, KeyRange, Protocol, Stage};
 
-/// What was run, as resolved (e.g. `threads` is the real worker count).
+/// What was run, as resolved (e.g. `threads` is the real thread count).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchSettings {
-    /// The URL template.
+    /// The URL template (the origin, with a scenario).
     pub url: String,
-    /// The request method.
+    /// The request method; `MIX` for a scenario.
     pub method: String,
-    /// The key range.
+    /// The key range (of the single request; see `kinds` for a scenario).
     pub keys: KeyRange,
-    /// The key distribution.
+    /// The key distribution (of the single request).
     pub dist: KeyDist,
     /// Concurrent connections.
     pub connections: usize,
-    /// Worker threads of the load generator.
+    /// Load threads of the generator.
     pub threads: usize,
     /// How long new requests were started for, in seconds.
     pub duration_s: f64,
     /// Per-request timeout, in seconds.
     pub timeout_s: f64,
+    /// `closed` or `open`.
+    #[serde(default = "closed")]
+    pub model: String,
+    /// Open model: the stages of the rate (one hold for a constant rate).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<Stage>,
+    /// HTTP version.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Seed of the random streams; the same seed draws the same keys.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn closed() -> String {
+    "closed".into()
+}
+
+/// The open model's own figures: did the generator keep its schedule?
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenModelReport {
+    /// Requests the schedule asked for.
+    pub scheduled: u64,
+    /// `scheduled` over the duration.
+    pub target_rps: f64,
+    /// Requests actually sent.
+    pub sent: u64,
+    /// `sent` over the duration: the arrival rate the target really saw.
+    pub achieved_rps: f64,
+    /// Requests sent more than `late_after_us` after their due time.
+    pub late: u64,
+    /// The lateness threshold, microseconds.
+    pub late_after_us: u64,
+    /// Due requests never sent: every connection was busy (or failing to
+    /// connect) until the run ended. More connections, or a lower rate.
+    pub dropped: u64,
+    /// How long after its due time each request was sent.
+    pub send_lag: LatencySummary,
+}
+
+/// What one request type of the mix saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KindReport {
+    /// Its name.
+    pub name: String,
+    /// Its method.
+    pub method: String,
+    /// Its path template.
+    pub path: String,
+    /// Its weight in the mix.
+    pub weight: u32,
+    /// Statuses it expects, e.g. `201` or `2xx/3xx`.
+    pub expect: String,
+    /// Complete responses.
+    pub requests: u64,
+    /// `requests / elapsed_s`.
+    pub rps: f64,
+    /// Responses by status.
+    pub status_counts: BTreeMap<u16, u64>,
+    /// Responses with a status it does not expect.
+    pub unexpected: u64,
+    /// Transport errors.
+    pub errors: ErrorCounts,
+    /// Latency (open model: from the due time).
+    pub latency: LatencySummary,
+    /// Open model: latency from the actual send, which hides waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_uncorrected: Option<LatencySummary>,
+    /// Response body bytes.
+    pub body_bytes: u64,
 }
 
 /// Everything a run measured.
@@ -38,6 +114,9 @@ pub struct BenchSettings {
 /// runs until the last of them finished. So every response the target sent
 /// is in the report, and `rps` is over the time actually spent. The probe
 /// request sent before the load is not counted.
+///
+/// Fields added after the first release default when absent, so reports
+/// written by older versions still load (for `compare`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport {
     /// What was run.
@@ -50,10 +129,22 @@ pub struct BenchReport {
     pub rps: f64,
     /// Responses by status code.
     pub status_counts: BTreeMap<u16, u64>,
+    /// Responses whose status their request type does not expect (by
+    /// default: anything but 2xx and 3xx).
+    #[serde(default)]
+    pub unexpected: u64,
     /// Transport errors by kind (not included in `requests`).
     pub errors: ErrorCounts,
-    /// Latency of complete responses.
+    /// Latency of complete responses. Open model: from each request's due
+    /// time, so time spent waiting for a free connection counts.
     pub latency: LatencySummary,
+    /// Open model: latency from the actual send (what a generator with
+    /// coordinated omission would report), shown beside for comparison.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_uncorrected: Option<LatencySummary>,
+    /// Open model: schedule keeping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<OpenModelReport>,
     /// Response body bytes received (headers are not counted).
     pub body_bytes: u64,
     /// Connections re-opened after the target or an error closed one.
@@ -64,14 +155,120 @@ pub struct BenchReport {
     /// CPU time of the process trees of `cpu_pids` over the run; `None` if
     /// none were given.
     pub target_cpu: Option<CpuUsage>,
+    /// Per request type.
+    #[serde(default)]
+    pub kinds: Vec<KindReport>,
+    /// Latency percentile spectrum of all responses.
+    #[serde(default)]
+    pub spectrum: Vec<PercentilePoint>,
+    /// Open model: the spectrum of the uncorrected latency.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spectrum_uncorrected: Vec<PercentilePoint>,
+    /// One row per second.
+    #[serde(default)]
+    pub timeline: Vec<TimelineRow>,
+}
+
+/// What [`assemble`] builds a report from.
+pub(crate) struct Parts<'a> {
+    pub(crate) settings: BenchSettings,
+    pub(crate) kinds: &'a [RequestKind],
+    pub(crate) schedule: Option<&'a Schedule>,
+    pub(crate) duration: Duration,
+    pub(crate) elapsed: Duration,
+    pub(crate) totals: &'a Totals,
+    pub(crate) overall: &'a KindStats,
+    pub(crate) timeline: Vec<TimelineRow>,
+    pub(crate) client_cpu: Option<CpuUsage>,
+    pub(crate) target_cpu: Option<CpuUsage>,
+}
+
+fn per_second(n: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        n as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+pub(crate) fn assemble(p: Parts<'_>) -> BenchReport {
+    let elapsed_s = p.elapsed.as_secs_f64();
+    let duration_s = p.duration.as_secs_f64();
+    let overall = p.overall;
+    let requests = overall.responses();
+    let kinds = p
+        .kinds
+        .iter()
+        .zip(&p.totals.kinds)
+        .map(|(kind, stats)| KindReport {
+            name: kind.name.clone(),
+            method: kind.method.to_string(),
+            path: kind.path_source.clone(),
+            weight: kind.weight,
+            expect: kind.expect.describe(),
+            requests: stats.responses(),
+            rps: per_second(stats.responses(), elapsed_s),
+            status_counts: stats.status_map(),
+            unexpected: stats.unexpected,
+            errors: stats.errors,
+            latency: LatencySummary::from_histogram(&stats.latency),
+            latency_uncorrected: stats
+                .uncorrected
+                .as_ref()
+                .map(LatencySummary::from_histogram),
+            body_bytes: stats.body_bytes,
+        })
+        .collect();
+    let open = p.schedule.map(|schedule| OpenModelReport {
+        scheduled: schedule.requests(),
+        target_rps: per_second(schedule.requests(), duration_s),
+        sent: p.totals.sent,
+        achieved_rps: per_second(p.totals.sent, duration_s),
+        late: p.totals.late,
+        late_after_us: crate::engine::LATE_AFTER.as_micros() as u64,
+        dropped: p.totals.dropped,
+        send_lag: LatencySummary::from_histogram(&p.totals.send_lag),
+    });
+    BenchReport {
+        settings: p.settings,
+        elapsed_s,
+        requests,
+        rps: per_second(requests, elapsed_s),
+        status_counts: overall.status_map(),
+        unexpected: overall.unexpected,
+        errors: overall.errors,
+        latency: LatencySummary::from_histogram(&overall.latency),
+        latency_uncorrected: overall
+            .uncorrected
+            .as_ref()
+            .map(LatencySummary::from_histogram),
+        open,
+        body_bytes: overall.body_bytes,
+        reconnects: p.totals.reconnects,
+        client_cpu: p.client_cpu,
+        target_cpu: p.target_cpu,
+        kinds,
+        spectrum: spectrum(&overall.latency),
+        spectrum_uncorrected: overall
+            .uncorrected
+            .as_ref()
+            .map(spectrum)
+            .unwrap_or_default(),
+        timeline: p.timeline,
+    }
 }
 
 impl BenchReport {
-    /// Responses with a status other than 2xx or 3xx.
+    /// Responses with a status their request type does not expect (by
+    /// default anything but 2xx and 3xx). Reports of older versions, which
+    /// did not record this, count statuses other than 2xx and 3xx.
     pub fn error_responses(&self) -> u64 {
+        if self.unexpected > 0 || !self.kinds.is_empty() {
+            return self.unexpected;
+        }
         self.status_counts
             .iter()
-            .filter(|&(&s, _)| is_error_status(s))
+            .filter(|&(&s, _)| !(200..400).contains(&s))
             .map(|(_, n)| n)
             .sum()
     }
@@ -81,9 +278,16 @@ impl BenchReport {
         let s = &self.settings;
         let mut out = String::new();
         let _ = writeln!(out, "{} {}", s.method, s.url);
+        let load = if s.model == "open" {
+            let stages: Vec<String> = s.stages.iter().map(Stage::to_string).collect();
+            format!("open model, rate {}", stages.join(", "))
+        } else {
+            "closed model".to_owned()
+        };
         let _ = writeln!(
             out,
-            "keys {} {} · {} connections · {} threads · {} s (timeout {} s)",
+            "{load} · {} · keys {} {} · {} connections · {} threads · {} s (timeout {} s)",
+            s.protocol,
             s.keys,
             s.dist,
             s.connections,
@@ -108,7 +312,7 @@ impl BenchReport {
         summary.push(row([
             "errors",
             &(transport + bad).to_string(),
-            "non-2xx/3xx + transport",
+            "unexpected statuses + transport",
         ]));
         out.push_str(&table(&summary, &[Align::Left, Align::Right, Align::Left]));
         out.push('\n');
@@ -141,22 +345,106 @@ impl BenchReport {
         out.push_str(&table(&errors, &[Align::Left, Align::Right]));
         out.push('\n');
 
-        let l = &self.latency;
-        let latency = vec![
-            row(["latency (ms)", "p50", "p90", "p99", "p99.9", "max", "mean"]),
-            row([
-                "",
-                &ms(l.p50_us as f64),
-                &ms(l.p90_us as f64),
-                &ms(l.p99_us as f64),
-                &ms(l.p999_us as f64),
-                &ms(l.max_us as f64),
-                &ms(l.mean_us),
-            ]),
-        ];
+        if let Some(o) = &self.open {
+            let schedule = vec![
+                row(["schedule", "requests", "req/s", ""]),
+                row([
+                    "target",
+                    &o.scheduled.to_string(),
+                    &format!("{:.1}", o.target_rps),
+                    "",
+                ]),
+                row([
+                    "sent",
+                    &o.sent.to_string(),
+                    &format!("{:.1}", o.achieved_rps),
+                    &format!(
+                        "{:.2}% of target",
+                        100.0 * o.achieved_rps / o.target_rps.max(1e-9)
+                    ),
+                ]),
+                row([
+                    "late",
+                    &o.late.to_string(),
+                    "",
+                    &format!(
+                        "sent > {} ms after due",
+                        trim_float(o.late_after_us as f64 / 1000.0)
+                    ),
+                ]),
+                row(["dropped", &o.dropped.to_string(), "", "due, never sent"]),
+                row([
+                    "send lag",
+                    "",
+                    "",
+                    &format!(
+                        "p50 {} ms · p99 {} ms · max {} ms",
+                        ms(o.send_lag.p50_us as f64),
+                        ms(o.send_lag.p99_us as f64),
+                        ms(o.send_lag.max_us as f64)
+                    ),
+                ]),
+            ];
+            out.push_str(&table(
+                &schedule,
+                &[Align::Left, Align::Right, Align::Right, Align::Left],
+            ));
+            out.push('\n');
+        }
+
+        let mut latency = vec![row([
+            "latency (ms)",
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "max",
+            "mean",
+        ])];
+        let label = if self.latency_uncorrected.is_some() {
+            "from due time"
+        } else {
+            ""
+        };
+        latency.push(latency_row(label, &self.latency));
+        if let Some(u) = &self.latency_uncorrected {
+            latency.push(latency_row("from send (uncorrected)", u));
+        }
         let mut align = vec![Align::Right; 7];
         align[0] = Align::Left;
         out.push_str(&table(&latency, &align));
+
+        if self.kinds.len() > 1 {
+            out.push('\n');
+            let mut kinds = vec![row([
+                "request",
+                "weight",
+                "requests",
+                "req/s",
+                "unexpected",
+                "errors",
+                "p50 ms",
+                "p99 ms",
+                "expect",
+            ])];
+            for k in &self.kinds {
+                kinds.push(row([
+                    &k.name,
+                    &k.weight.to_string(),
+                    &k.requests.to_string(),
+                    &format!("{:.1}", k.rps),
+                    &k.unexpected.to_string(),
+                    &k.errors.total().to_string(),
+                    &ms(k.latency.p50_us as f64),
+                    &ms(k.latency.p99_us as f64),
+                    &k.expect,
+                ]));
+            }
+            let mut align = vec![Align::Right; 9];
+            align[0] = Align::Left;
+            align[8] = Align::Left;
+            out.push_str(&table(&kinds, &align));
+        }
 
         if self.client_cpu.is_some() || self.target_cpu.is_some() {
             out.push('\n');
@@ -181,9 +469,21 @@ impl BenchReport {
     }
 }
 
+fn latency_row(label: &str, l: &LatencySummary) -> Vec<String> {
+    row([
+        label,
+        &ms(l.p50_us as f64),
+        &ms(l.p90_us as f64),
+        &ms(l.p99_us as f64),
+        &ms(l.p999_us as f64),
+        &ms(l.max_us as f64),
+        &ms(l.mean_us),
+    ])
+}
+
 /// Milliseconds from microseconds, with precision that suits the size: µs
 /// resolution below 100 ms, 0.1 ms above.
-fn ms(us: f64) -> String {
+pub(crate) fn ms(us: f64) -> String {
     let ms = us / 1000.0;
     if ms < 100.0 {
         format!("{ms:.3}")
@@ -210,24 +510,24 @@ fn bytes(n: u64) -> String {
 }
 
 /// `20` rather than `20.0`, `0.5` stays.
-fn trim_float(v: f64) -> String {
+pub(crate) fn trim_float(v: f64) -> String {
     let s = format!("{v:.3}");
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Align {
+pub(crate) enum Align {
     Left,
     Right,
 }
 
-fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
+pub(crate) fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
     cells.iter().map(|c| (*c).to_owned()).collect()
 }
 
 /// Pads every column to its widest cell, two spaces between columns, no
 /// trailing blanks.
-fn table(rows: &[Vec<String>], align: &[Align]) -> String {
+pub(crate) fn table(rows: &[Vec<String>], align: &[Align]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
@@ -279,11 +579,22 @@ mod tests {
                 threads: 2,
                 duration_s: 20.0,
                 timeout_s: 10.0,
+                model: "closed".into(),
+                stages: Vec::new(),
+                protocol: Protocol::Http1,
+                seed: 1,
             },
             elapsed_s: 20.0012,
             requests: 1_234_567,
             rps: 61_724.6,
             status_counts: BTreeMap::from([(200, 1_200_000), (404, 34_567)]),
+            unexpected: 34_567,
+            latency_uncorrected: None,
+            open: None,
+            kinds: Vec::new(),
+            spectrum: Vec::new(),
+            spectrum_uncorrected: Vec::new(),
+            timeline: Vec::new(),
             errors: ErrorCounts {
                 connect: 0,
                 timeout: 3,
@@ -322,7 +633,7 @@ mod tests {
         let text = sample().render_table();
         for want in [
             "GET http://127.0.0.1:8080/users/{id}",
-            "keys 1..=100000 zipf:1.1 · 64 connections · 2 threads · 20 s (timeout 10 s)",
+            "closed model · HTTP/1.1 · keys 1..=100000 zipf:1.1 · 64 connections · 2 threads · 20 s (timeout 10 s)",
             "1234567",
             "61724.6 req/s",
             "20.001 s",
@@ -384,9 +695,61 @@ mod tests {
     #[test]
     fn counts_error_responses() {
         let mut report = sample();
+        assert_eq!(report.error_responses(), 34_567);
+        // An old report without the field counts non-2xx/3xx statuses.
+        report.unexpected = 0;
         report.status_counts.insert(503, 10);
         report.status_counts.insert(302, 7);
         assert_eq!(report.error_responses(), 34_577);
+    }
+
+    #[test]
+    fn open_model_reports_show_the_schedule_and_both_latencies() {
+        let mut report = sample();
+        report.settings.model = "open".into();
+        report.settings.stages = vec![Stage::hold(5000.0, Duration::from_secs(20))];
+        report.latency_uncorrected = Some(LatencySummary {
+            p99_us: 1_111,
+            ..report.latency
+        });
+        report.open = Some(OpenModelReport {
+            scheduled: 100_000,
+            target_rps: 5000.0,
+            sent: 99_500,
+            achieved_rps: 4975.0,
+            late: 12,
+            late_after_us: 1000,
+            dropped: 500,
+            send_lag: LatencySummary::default(),
+        });
+        let text = report.render_table();
+        for want in [
+            "open model, rate 5000/20s",
+            "99.50% of target",
+            "dropped",
+            "500",
+            "from due time",
+            "from send (uncorrected)",
+            "1.111",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        let json = serde_json::to_string(&report).unwrap();
+        assert_eq!(serde_json::from_str::<BenchReport>(&json).unwrap(), report);
+    }
+
+    #[test]
+    fn reports_of_the_first_version_still_load() {
+        let mut json: serde_json::Value = serde_json::to_value(sample()).unwrap();
+        for key in ["unexpected", "kinds", "spectrum", "timeline"] {
+            json.as_object_mut().unwrap().remove(key);
+        }
+        for key in ["model", "stages", "protocol", "seed"] {
+            json["settings"].as_object_mut().unwrap().remove(key);
+        }
+        let report: BenchReport = serde_json::from_value(json).unwrap();
+        assert_eq!(report.settings.model, "closed");
+        assert_eq!(report.error_responses(), 34_567);
     }
 
     #[test]

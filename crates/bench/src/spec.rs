@@ -1,5 +1,6 @@
-//! What a run does: the [`BenchSpec`], and the key range and distribution
-//! that the `{id}` of its URL is drawn from.
+//! What a run does: the [`BenchSpec`]; the key range and distribution that
+//! the `{id}` of its URL is drawn from; the load model ([`Load`]: closed, a
+//! constant arrival rate, or stages of ramps and holds); the protocol.
 //!
 //! This module only describes and validates; it opens no sockets.
 
@@ -12,13 +13,20 @@ use http::{HeaderName, HeaderValue, Method};
 use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
+use crate::scenario::Scenario;
 
 /// Everything one run needs. The CLI maps its flags onto this one to one.
+///
+/// Without a [`scenario`](Self::scenario) every request is built from `url`,
+/// `method`, `body`, `headers`, `keys` and `dist`. With one, the requests
+/// come from the scenario's weighted mix and `url` gives only the origin
+/// (and an optional path prefix).
 #[derive(Debug, Clone)]
 pub struct BenchSpec {
     /// URL template, e.g. `http://127.0.0.1:8080/users/{id}`. Every `{id}` in
-    /// the path or query is replaced per request by a key from [`keys`](Self::keys).
-    /// Only `http://` is supported for now.
+    /// the path or query is replaced per request by a key from [`keys`](Self::keys)
+    /// (the other placeholders of [`Scenario`] work too). Only `http://` is
+    /// supported.
     pub url: String,
     /// Request method; `GET` by default.
     pub method: Method,
@@ -31,10 +39,21 @@ pub struct BenchSpec {
     pub keys: KeyRange,
     /// How keys are drawn from [`keys`](Self::keys).
     pub dist: KeyDist,
-    /// Concurrent keep-alive connections, each with one request in flight.
+    /// A weighted mix of requests; replaces the single request above.
+    pub scenario: Option<Scenario>,
+    /// Closed model, constant arrival rate, or stages.
+    pub load: Load,
+    /// HTTP/1.1 or HTTP/2 (h2c with prior knowledge).
+    pub protocol: Protocol,
+    /// Concurrent keep-alive connections. Closed model over HTTP/1.1: each
+    /// has one request in flight. Open model: the most requests in flight
+    /// at once (a request due while every connection is busy waits, and its
+    /// latency counts from when it was due). HTTP/2 multiplies this by
+    /// the HTTP/2 `streams`.
     pub connections: usize,
-    /// How long new requests are started for. Requests in flight at the
-    /// end are allowed to finish (within `timeout`) and are counted.
+    /// How long new requests are started for (with [`Load::Stages`], the
+    /// stages' total replaces it). Requests in flight at the end are allowed
+    /// to finish (within `timeout`) and are counted.
     pub duration: Duration,
     /// Worker threads of the load generator's runtime; 0 = number of cores.
     pub threads: usize,
@@ -45,13 +64,16 @@ pub struct BenchSpec {
     pub cpu_pids: Vec<u32>,
     /// Print a live progress line on stderr once per second.
     pub progress: bool,
+    /// Seed of the key and template random streams; `None` draws one, so
+    /// that two runs do not hit the same keys in the same order.
+    pub seed: Option<u64>,
 }
 
 impl BenchSpec {
     /// A spec for `url` with the defaults: `GET`, no body or extra headers,
-    /// the single key 1 drawn uniformly, 16 connections for 10 s on all
-    /// cores, a 10 s timeout, no CPU accounting of other processes and no
-    /// progress line.
+    /// the single key 1 drawn uniformly, the closed model over HTTP/1.1 with
+    /// 16 connections for 10 s on all cores, a 10 s timeout, no CPU
+    /// accounting of other processes and no progress line.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -60,12 +82,25 @@ impl BenchSpec {
             headers: Vec::new(),
             keys: KeyRange { first: 1, last: 1 },
             dist: KeyDist::Uniform,
+            scenario: None,
+            load: Load::Closed,
+            protocol: Protocol::Http1,
             connections: 16,
             duration: Duration::from_secs(10),
             threads: 0,
             timeout: Duration::from_secs(10),
             cpu_pids: Vec::new(),
             progress: false,
+            seed: None,
+        }
+    }
+
+    /// How long the run starts new requests: the stages' total with
+    /// [`Load::Stages`], else [`duration`](Self::duration).
+    pub fn total_duration(&self) -> Duration {
+        match &self.load {
+            Load::Stages(stages) => stages.iter().map(|s| s.duration).sum(),
+            _ => self.duration,
         }
     }
 
@@ -77,8 +112,15 @@ impl BenchSpec {
         if self.connections == 0 {
             return Err(invalid("connections", "must be at least 1, got 0".into()));
         }
-        if self.duration.is_zero() {
+        self.load.validate()?;
+        if self.total_duration().is_zero() {
             return Err(invalid("duration", "must be greater than 0".into()));
+        }
+        if let Protocol::Http2 { streams: 0 } = self.protocol {
+            return Err(invalid(
+                "protocol",
+                "HTTP/2 needs at least 1 stream per connection, got 0".into(),
+            ));
         }
         if self.timeout.is_zero() {
             return Err(invalid("timeout", "must be greater than 0".into()));
@@ -86,7 +128,10 @@ impl BenchSpec {
         // Deadlines are `Instant::now() + d`; refuse what would overflow
         // rather than panic in the middle of a run.
         let now = std::time::Instant::now();
-        for (field, d) in [("duration", self.duration), ("timeout", self.timeout)] {
+        for (field, d) in [
+            ("duration", self.total_duration()),
+            ("timeout", self.timeout),
+        ] {
             if now.checked_add(d).and_then(|t| t.checked_add(d)).is_none() {
                 return Err(invalid(field, format!("{d:?} is too long")));
             }
@@ -100,9 +145,9 @@ impl BenchSpec {
                 ),
             ));
         }
-        if let KeyDist::Zipf { exponent } = self.dist {
-            check_exponent(exponent).map_err(|reason| invalid("dist", reason))?;
-        }
+        self.dist
+            .check()
+            .map_err(|reason| invalid("dist", reason))?;
         for &pid in &self.cpu_pids {
             if let Err(e) = scalestack_telemetry::procfs::stat(pid) {
                 return Err(invalid(
@@ -241,7 +286,8 @@ impl From<KeyRange> for String {
 
 // === impl KeyDist ===
 
-/// How keys are drawn from the [`KeyRange`]: `uniform` or `zipf:EXPONENT`.
+/// How keys are drawn from the [`KeyRange`]: `uniform`, `zipf:EXPONENT` or
+/// `hotspot:TRAFFIC/KEYS`.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum KeyDist {
@@ -255,35 +301,89 @@ pub enum KeyDist {
         /// Skew; must be finite and greater than 0. Larger is more skewed.
         exponent: f64,
     },
+    /// The celebrity case: `traffic_pct` percent of the requests go to the
+    /// first `keys_pct` percent of the range (uniformly among them), the rest
+    /// uniformly to the other keys. `hotspot:90/1` sends 90% of the traffic
+    /// to 1% of the keys.
+    Hotspot {
+        /// Share of the requests that hit the hot keys, in percent (0 to 100).
+        traffic_pct: f64,
+        /// Share of the keys that are hot, in percent (greater than 0, at
+        /// most 100); at least one key is hot.
+        keys_pct: f64,
+    },
+}
+
+impl KeyDist {
+    /// The rules the types do not enforce, shared by parsing and validation.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        match *self {
+            Self::Uniform => Ok(()),
+            Self::Zipf { exponent } => check_exponent(exponent),
+            Self::Hotspot {
+                traffic_pct,
+                keys_pct,
+            } => {
+                if !(0.0..=100.0).contains(&traffic_pct) {
+                    return Err(format!(
+                        "the hot traffic share must be a percentage from 0 to 100, got {traffic_pct}"
+                    ));
+                }
+                if !(keys_pct > 0.0 && keys_pct <= 100.0) {
+                    return Err(format!(
+                        "the hot key share must be a percentage above 0 and at most 100, got {keys_pct}"
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 impl FromStr for KeyDist {
     type Err = ParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        const EXPECTED: &str = "expected `uniform` or `zipf:EXPONENT`, e.g. `zipf:1.1`";
+        const EXPECTED: &str = "expected `uniform`, `zipf:EXPONENT` (e.g. `zipf:1.1`) or \
+                                `hotspot:TRAFFIC%/KEYS%` (e.g. `hotspot:90/1`)";
         let err = |reason: String| ParseError::new("key distribution", s, reason);
         let text = s.trim();
         if text.eq_ignore_ascii_case("uniform") {
             return Ok(Self::Uniform);
         }
-        let (name, exponent) = text.split_once(':').unwrap_or((text, ""));
-        if !name.trim().eq_ignore_ascii_case("zipf") {
+        let (name, arg) = text.split_once(':').unwrap_or((text, ""));
+        let (name, arg) = (name.trim(), arg.trim());
+        let number = |part: &str, what: &str| -> Result<f64, ParseError> {
+            let part = part.trim().trim_end_matches('%').trim();
+            if part.is_empty() {
+                return Err(err(format!("the {what} is missing; {EXPECTED}")));
+            }
+            part.parse::<f64>()
+                .map_err(|_| err(format!("`{part}` is not a number; {EXPECTED}")))
+        };
+        let dist = if name.eq_ignore_ascii_case("zipf") {
+            Self::Zipf {
+                exponent: number(arg, "zipf exponent")?,
+            }
+        } else if name.eq_ignore_ascii_case("hotspot") {
+            let Some((traffic, keys)) = arg.split_once('/') else {
+                return Err(err(format!(
+                    "a hotspot needs two percentages, TRAFFIC/KEYS; {EXPECTED}"
+                )));
+            };
+            Self::Hotspot {
+                traffic_pct: number(traffic, "hot traffic share")?,
+                keys_pct: number(keys, "hot key share")?,
+            }
+        } else {
             return Err(err(EXPECTED.into()));
-        }
-        let exponent = exponent.trim();
-        if exponent.is_empty() {
-            return Err(err(format!("the zipf exponent is missing; {EXPECTED}")));
-        }
-        let exponent: f64 = exponent
-            .parse()
-            .map_err(|_| err(format!("`{exponent}` is not a number; {EXPECTED}")))?;
-        check_exponent(exponent).map_err(err)?;
-        Ok(Self::Zipf { exponent })
+        };
+        dist.check().map_err(err)?;
+        Ok(dist)
     }
 }
 
-/// The one rule for zipf exponents, shared by parsing and validation.
+/// The one rule for zipf exponents.
 fn check_exponent(exponent: f64) -> Result<(), String> {
     if exponent.is_finite() && exponent > 0.0 {
         Ok(())
@@ -299,6 +399,10 @@ impl fmt::Display for KeyDist {
         match self {
             Self::Uniform => f.write_str("uniform"),
             Self::Zipf { exponent } => write!(f, "zipf:{exponent}"),
+            Self::Hotspot {
+                traffic_pct,
+                keys_pct,
+            } => write!(f, "hotspot:{traffic_pct}/{keys_pct}"),
         }
     }
 }
@@ -314,6 +418,264 @@ impl TryFrom<String> for KeyDist {
 impl From<KeyDist> for String {
     fn from(dist: KeyDist) -> Self {
         dist.to_string()
+    }
+}
+
+// === impl Load ===
+
+/// The highest arrival rate accepted, in requests per second. Far above what
+/// one machine can send; a rate beyond it is a typo (`--rate 1e12`), and the
+/// schedule's nanosecond arithmetic stays exact below it.
+pub const MAX_RATE: f64 = 10_000_000.0;
+
+/// The load model of a run.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Load {
+    /// Closed model: every connection (or HTTP/2 stream) sends its next
+    /// request as soon as the previous response is complete. Measures
+    /// capacity; latency is from each request's actual send.
+    #[default]
+    Closed,
+    /// Open model at a constant arrival rate (requests per second) for
+    /// [`BenchSpec::duration`]: requests are due on a fixed schedule whether
+    /// or not earlier ones have been answered, and latency is measured from
+    /// when each was due, so a stalled target cannot hide its stall by
+    /// slowing the generator down (no coordinated omission).
+    Rate(f64),
+    /// Open model whose rate follows stages, one after the other.
+    Stages(Vec<Stage>),
+}
+
+impl Load {
+    /// The stages this load runs, `duration` long for [`Load::Rate`]; empty
+    /// for the closed model.
+    pub fn stages(&self, duration: Duration) -> Vec<Stage> {
+        match self {
+            Self::Closed => Vec::new(),
+            Self::Rate(rate) => vec![Stage::hold(*rate, duration)],
+            Self::Stages(stages) => stages.clone(),
+        }
+    }
+
+    /// Whether this is an open model.
+    pub fn is_open(&self) -> bool {
+        !matches!(self, Self::Closed)
+    }
+
+    fn validate(&self) -> Result<(), BenchError> {
+        let invalid = |reason: String| BenchError::InvalidSpec {
+            field: "load",
+            reason,
+        };
+        let check_rate = |rate: f64, what: &str| {
+            if !rate.is_finite() || rate < 0.0 {
+                return Err(invalid(format!(
+                    "{what} must be a finite number of requests per second, 0 or more, got {rate}"
+                )));
+            }
+            if rate > MAX_RATE {
+                return Err(invalid(format!(
+                    "{what} {rate} req/s is impossible for one load generator (at most {MAX_RATE})"
+                )));
+            }
+            Ok(())
+        };
+        match self {
+            Self::Closed => Ok(()),
+            Self::Rate(rate) => {
+                check_rate(*rate, "the rate")?;
+                if *rate <= 0.0 {
+                    return Err(invalid(format!(
+                        "the rate must be greater than 0 requests per second, got {rate}"
+                    )));
+                }
+                Ok(())
+            }
+            Self::Stages(stages) => {
+                if stages.is_empty() {
+                    return Err(invalid("at least one stage is needed".into()));
+                }
+                for (i, stage) in stages.iter().enumerate() {
+                    let what = format!("stage {} (`{stage}`)", i + 1);
+                    check_rate(stage.start_rate, &format!("the start rate of {what}"))?;
+                    check_rate(stage.end_rate, &format!("the end rate of {what}"))?;
+                    if stage.duration.is_zero() {
+                        return Err(invalid(format!("{what} must last longer than 0 s")));
+                    }
+                }
+                if stages
+                    .iter()
+                    .all(|s| s.start_rate == 0.0 && s.end_rate == 0.0)
+                {
+                    return Err(invalid(
+                        "every stage has a rate of 0: nothing would be sent".into(),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One stage of an open-model run: the rate goes linearly from `start_rate`
+/// to `end_rate` over `duration` (a hold when they are equal).
+///
+/// Written `START..END/DURATION` for a ramp and `RATE/DURATION` for a hold,
+/// e.g. `0..5000/30s`, `5000/60s`; a hold at a new rate is a step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Stage {
+    /// Rate at the start of the stage, requests per second.
+    pub start_rate: f64,
+    /// Rate at the end of the stage, requests per second.
+    pub end_rate: f64,
+    /// How long the stage lasts.
+    pub duration: Duration,
+}
+
+impl Stage {
+    /// A constant rate for `duration`.
+    pub fn hold(rate: f64, duration: Duration) -> Self {
+        Self {
+            start_rate: rate,
+            end_rate: rate,
+            duration,
+        }
+    }
+
+    /// A linear ramp from `from` to `to` over `duration`.
+    pub fn ramp(from: f64, to: f64, duration: Duration) -> Self {
+        Self {
+            start_rate: from,
+            end_rate: to,
+            duration,
+        }
+    }
+
+    /// Parses a comma-separated list of stages, e.g.
+    /// `0..5000/30s, 5000/60s, 10000/60s`.
+    pub fn parse_list(text: &str) -> Result<Vec<Self>, ParseError> {
+        let stages: Vec<Self> = text
+            .split(',')
+            .filter(|part| !part.trim().is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        if stages.is_empty() {
+            return Err(ParseError::new(
+                "stages",
+                text,
+                "no stage given; expected e.g. `0..5000/30s, 5000/60s`",
+            ));
+        }
+        Ok(stages)
+    }
+}
+
+impl FromStr for Stage {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const EXPECTED: &str = "expected `START..END/DURATION` (a ramp) or `RATE/DURATION` (a hold), e.g. `0..5000/30s`";
+        let err = |reason: String| ParseError::new("stage", s, reason);
+        let text = s.trim();
+        let Some((rates, duration)) = text.split_once('/') else {
+            return Err(err(EXPECTED.into()));
+        };
+        let duration = humantime::parse_duration(duration.trim()).map_err(|e| {
+            err(format!(
+                "bad duration `{}`: {e}; {EXPECTED}",
+                duration.trim()
+            ))
+        })?;
+        let rate = |part: &str| -> Result<f64, ParseError> {
+            let part = part.trim();
+            part.parse::<f64>()
+                .ok()
+                .filter(|r| r.is_finite() && *r >= 0.0)
+                .ok_or_else(|| {
+                    err(format!(
+                        "`{part}` is not a rate (requests per second, 0 or more); {EXPECTED}"
+                    ))
+                })
+        };
+        let (start_rate, end_rate) = match rates.split_once("..") {
+            Some((a, b)) => (rate(a)?, rate(b)?),
+            None => {
+                let r = rate(rates)?;
+                (r, r)
+            }
+        };
+        if duration.is_zero() {
+            return Err(err(format!(
+                "a stage must last longer than 0 s; {EXPECTED}"
+            )));
+        }
+        Ok(Self {
+            start_rate,
+            end_rate,
+            duration,
+        })
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = humantime::format_duration(self.duration);
+        if self.start_rate == self.end_rate {
+            write!(f, "{}/{d}", self.start_rate)
+        } else {
+            write!(f, "{}..{}/{d}", self.start_rate, self.end_rate)
+        }
+    }
+}
+
+impl TryFrom<String> for Stage {
+    type Error = ParseError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Stage> for String {
+    fn from(stage: Stage) -> Self {
+        stage.to_string()
+    }
+}
+
+// === impl Protocol ===
+
+/// The HTTP version spoken to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive, one request in flight per connection.
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext TCP with prior knowledge (h2c, as `h2load`
+    /// speaks it), `streams` requests in flight per connection.
+    Http2 {
+        /// Concurrent streams per connection.
+        streams: usize,
+    },
+}
+
+impl Protocol {
+    /// Requests in flight per connection.
+    pub fn streams(&self) -> usize {
+        match self {
+            Self::Http1 => 1,
+            Self::Http2 { streams } => *streams,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Http1 => f.write_str("HTTP/1.1"),
+            Self::Http2 { streams } => write!(f, "HTTP/2 (h2c, {streams} streams per connection)"),
+        }
     }
 }
 
@@ -376,12 +738,83 @@ mod tests {
         for bad in ["", "normal", "zipf", "zipf:", "zipf:abc", "zipfian:1.1"] {
             let msg = bad.parse::<KeyDist>().unwrap_err().to_string();
             assert!(msg.contains(&format!("`{bad}`")), "{msg}");
-            assert!(msg.contains("zipf:1.1"), "{msg}");
+            assert!(msg.contains("zipf:1.1") || msg.contains("number"), "{msg}");
         }
         for bad in ["zipf:0", "zipf:-1", "zipf:NaN", "zipf:inf"] {
             let msg = bad.parse::<KeyDist>().unwrap_err().to_string();
             assert!(msg.contains("greater than 0"), "{msg}");
         }
+        for bad in [
+            "hotspot",
+            "hotspot:90",
+            "hotspot:x/1",
+            "hotspot:101/1",
+            "hotspot:90/0",
+        ] {
+            let msg = bad.parse::<KeyDist>().unwrap_err().to_string();
+            assert!(msg.contains(&format!("`{bad}`")), "{msg}");
+        }
+    }
+
+    #[test]
+    fn hotspots_parse_with_or_without_percent_signs() {
+        let want = KeyDist::Hotspot {
+            traffic_pct: 90.0,
+            keys_pct: 1.0,
+        };
+        assert_eq!("hotspot:90/1".parse::<KeyDist>().unwrap(), want);
+        assert_eq!("HOTSPOT: 90% / 1%".parse::<KeyDist>().unwrap(), want);
+        assert_eq!(want.to_string(), "hotspot:90/1");
+    }
+
+    #[test]
+    fn stages_parse_ramps_holds_and_steps() {
+        let stages = Stage::parse_list("0..5000/30s, 5000/60s, 10000/1m").unwrap();
+        assert_eq!(
+            stages,
+            vec![
+                Stage::ramp(0.0, 5000.0, Duration::from_secs(30)),
+                Stage::hold(5000.0, Duration::from_secs(60)),
+                Stage::hold(10000.0, Duration::from_secs(60)),
+            ]
+        );
+        assert_eq!(stages[0].to_string(), "0..5000/30s");
+        assert_eq!(stages[2].to_string(), "10000/1m");
+        for bad in ["", "5000", "a..5/1s", "5/0s", "5/x", "-1/1s", "1..inf/1s"] {
+            let err = Stage::parse_list(bad).unwrap_err();
+            assert_eq!(err.input().trim(), bad.trim(), "{err}");
+        }
+    }
+
+    #[test]
+    fn impossible_loads_are_refused() {
+        let spec = |load: Load| BenchSpec {
+            load,
+            ..BenchSpec::new("http://127.0.0.1:1/")
+        };
+        let reason = |load: Load| match spec(load).validate() {
+            Err(BenchError::InvalidSpec {
+                field: "load",
+                reason,
+            }) => reason,
+            other => panic!("expected an invalid load, got {other:?}"),
+        };
+        assert!(reason(Load::Rate(0.0)).contains("greater than 0"));
+        assert!(reason(Load::Rate(-3.0)).contains("-3"));
+        assert!(reason(Load::Rate(f64::NAN)).contains("finite"));
+        assert!(reason(Load::Rate(1e12)).contains("impossible"));
+        assert!(reason(Load::Stages(vec![])).contains("at least one stage"));
+        assert!(
+            reason(Load::Stages(vec![Stage::hold(0.0, Duration::from_secs(1))]))
+                .contains("nothing would be sent")
+        );
+        spec(Load::Rate(1000.0)).validate().unwrap();
+        let staged = spec(Load::Stages(vec![
+            Stage::ramp(0.0, 10.0, Duration::from_secs(2)),
+            Stage::hold(10.0, Duration::from_secs(3)),
+        ]));
+        staged.validate().unwrap();
+        assert_eq!(staged.total_duration(), Duration::from_secs(5));
     }
 
     #[test]
@@ -397,6 +830,10 @@ mod tests {
             KeyDist::Uniform,
             KeyDist::Zipf { exponent: 1.1 },
             KeyDist::Zipf { exponent: 2.0 },
+            KeyDist::Hotspot {
+                traffic_pct: 99.5,
+                keys_pct: 0.1,
+            },
         ] {
             assert_eq!(dist.to_string().parse::<KeyDist>().unwrap(), dist);
             let json = serde_json::to_string(&dist).unwrap();

@@ -13,6 +13,8 @@ use clap::{Args, Parser, Subcommand};
 use scalestack_config::{CONFIG_ENV, Config};
 
 mod bench;
+mod dlq;
+mod plan;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,8 +80,14 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
-    /// Drive HTTP load at a URL and report throughput and latency.
+    /// Drive HTTP load at a URL and report throughput and latency (open or
+    /// closed model, scenarios, HTTP/2); `bench compare a.json b.json`.
     Bench(bench::BenchArgs),
+    /// Capacity planning: instance counts and cost from load figures,
+    /// calibrated by bench reports; `plan fit`, `plan queue`, `plan cache`.
+    Plan(plan::PlanArgs),
+    /// Inspect and repair the queue's dead-letter queue: list, show, redrive, purge.
+    Dlq(dlq::DlqArgs),
     /// Inspect configuration.
     Config {
         #[command(subcommand)]
@@ -256,7 +264,13 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Plan(args) => plan::run(args),
+        Command::Dlq(args) => {
+            let config = load_config(&args.config)?;
+            config.validate()?;
+            dlq::run(&config, args)
+        }
         Command::Config { command } => match command {
             ConfigCommand::Default => {
                 print!(

@@ -516,6 +516,188 @@ fn bench_refuses_bad_input_before_sending_load() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("zipf"));
 }
 
+#[test]
+fn bench_refuses_impossible_rates_and_bad_scenarios_before_connecting() {
+    // Nothing listens there: an error about the input proves that the
+    // input was checked before any connection was tried.
+    let port = ports::free_port();
+    let url = format!("http://127.0.0.1:{port}/users/{{id}}");
+    let stderr = |out: std::process::Output| {
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = stderr(run(&["bench", "--url", &url, "--rate", "0", "--quiet"]));
+    assert!(
+        err.contains("greater than 0") && !err.contains("cannot reach"),
+        "{err}"
+    );
+    let err = stderr(run(&["bench", "--url", &url, "--rate", "1e12", "--quiet"]));
+    assert!(err.contains("impossible"), "{err}");
+    let err = stderr(run(&[
+        "bench", "--url", &url, "--stages", "0..10/0s", "--quiet",
+    ]));
+    assert!(err.contains("0..10/0s"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("mix.toml");
+    std::fs::write(
+        &scenario,
+        "[[request]]\npath = \"/users/{id}\"\nwieght = 3\n",
+    )
+    .unwrap();
+    let err = stderr(run(&[
+        "bench",
+        "--url",
+        &url,
+        "--scenario",
+        scenario.to_str().unwrap(),
+    ]));
+    assert!(
+        err.contains("request[0]") && err.contains("wieght"),
+        "{err}"
+    );
+}
+
+/// A minimal HTTP/1.1 server on a thread: `ok` to every request, keep-alive.
+fn tiny_server() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if stream.write_all(reply).is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}/users/{{id}}")
+}
+
+#[test]
+fn bench_reports_compare_and_calibrate_a_plan() {
+    let url = tiny_server();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let ok = |out: std::process::Output| {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let open = ok(run(&[
+        "bench",
+        "--url",
+        &url,
+        "--rate",
+        "200",
+        "--duration",
+        "1s",
+        "--connections",
+        "4",
+        "--threads",
+        "1",
+        "--quiet",
+        "--json",
+        &path("a.json"),
+        "--html",
+        &path("a.html"),
+    ]));
+    assert!(
+        open.contains("from send (uncorrected)") && open.contains("% of target"),
+        "{open}"
+    );
+    let html = std::fs::read_to_string(path("a.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("Percentile spectrum"));
+    ok(run(&[
+        "bench",
+        "--url",
+        &url,
+        "--duration",
+        "1s",
+        "--connections",
+        "2",
+        "--threads",
+        "1",
+        "--quiet",
+        "--json",
+        &path("b.json"),
+    ]));
+    let compared = ok(run(&["bench", "compare", &path("a.json"), &path("b.json")]));
+    assert!(
+        compared.contains("req/s") && compared.contains("latency p99 ms"),
+        "{compared}"
+    );
+
+    let plan = ok(run(&[
+        "plan",
+        "--from",
+        &path("b.json"),
+        "--format",
+        "markdown",
+    ]));
+    assert!(
+        plan.contains("Calibrated from") && plan.contains("api_rps_per_server"),
+        "{plan}"
+    );
+    assert!(plan.contains("### Monthly cost"), "{plan}");
+    let seed = ok(run(&["plan"]));
+    assert!(
+        seed.contains("API servers          150") && seed.contains("300"),
+        "{seed}"
+    );
+    let fit = ok(run(&[
+        "plan", "fit", "1:1000", "2:1900", "4:3400", "8:5000",
+    ]));
+    assert!(
+        fit.contains("σ (contention)") && fit.contains("R²"),
+        "{fit}"
+    );
+    let cache = ok(run(&[
+        "plan",
+        "cache",
+        "--requests",
+        "20000",
+        "--capacity",
+        "100,1000",
+    ]));
+    assert!(
+        cache.contains("tinylfu") && cache.contains("lru") && cache.contains("ttl"),
+        "{cache}"
+    );
+    let queue = ok(run(&[
+        "plan",
+        "queue",
+        "--arrival",
+        "1000000",
+        "--service",
+        "1ms",
+    ]));
+    assert!(
+        queue.contains("unbounded") && queue.contains("1,0"),
+        "{queue}"
+    );
+    let err = run(&["plan", "--read-ratio", "2"]);
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("`read_ratio` = 2"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn children_stop_when_the_supervisor_is_killed() {
     let dir = tempfile::tempdir().unwrap();

@@ -20,6 +20,7 @@ mod api;
 mod cache;
 mod gateway;
 mod log;
+mod queue;
 pub mod render;
 mod store;
 mod supervisor;
@@ -29,6 +30,7 @@ pub use api::*;
 pub use cache::*;
 pub use gateway::*;
 pub use log::*;
+pub use queue::*;
 pub use store::*;
 pub use supervisor::*;
 pub use worker::*;
@@ -99,6 +101,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// The in-process read cache of the api servers.
     pub cache: CacheConfig,
+    /// The message queue between the api servers and the workers.
+    pub queue: QueueConfig,
     /// `scalestack up`: how child processes are started, restarted and stopped.
     pub supervisor: SupervisorConfig,
 }
@@ -113,6 +117,7 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             store: StoreConfig::default(),
             cache: CacheConfig::default(),
+            queue: QueueConfig::default(),
             supervisor: SupervisorConfig::default(),
         }
     }
@@ -185,6 +190,7 @@ impl Config {
         self.worker.validate()?;
         self.store.validate()?;
         self.cache.validate()?;
+        self.queue.validate()?;
         self.supervisor.validate()?;
         self.validate_ports()
     }

@@ -9,6 +9,7 @@
 //! depend on it.
 
 pub mod http;
+pub mod nats;
 pub mod ports;
 pub mod redis;
 pub mod stack;

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use scalestack_bench::{BenchSpec, run as bench};
+use scalestack_bench::BenchReport;
 use scalestack_telemetry::procfs;
 use scalestack_testkit::stack::{Stack, test_config};
 
@@ -95,23 +95,30 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     let url = format!("{}/users/{{id}}", stack.gateway_url());
     let keys = format!("1..{}", args.users);
 
-    let spec = |seconds: u64, measure: bool| -> Result<BenchSpec> {
-        let mut spec = BenchSpec::new(url.clone());
-        spec.keys = keys.parse()?;
-        spec.dist = "zipf:1.1".parse()?;
-        spec.connections = args.connections;
-        spec.duration = Duration::from_secs(seconds);
-        spec.progress = false;
+    // The release binary, not `scalestack_bench::run` in this process:
+    // xtask is built in the dev profile, where workspace crates are not
+    // optimised, and an unoptimised generator would overstate its own cost.
+    let bench = |seconds: u64, measure: bool| -> Result<BenchReport> {
+        let json = dir.path().join("bench.json");
+        let mut cmd = Command::new(&exe);
+        cmd.args([
+            "bench", "--url", &url, "--keys", &keys, "--dist", "zipf:1.1", "--quiet",
+        ])
+        .args(["--connections", &args.connections.to_string()])
+        .args(["--duration", &format!("{seconds}s"), "--json"])
+        .arg(&json)
+        .stdout(std::process::Stdio::null());
         if measure {
-            spec.cpu_pids = vec![pid];
+            cmd.args(["--cpu-pid", &pid.to_string()]);
         }
-        Ok(spec)
+        run_cmd(&mut cmd)?;
+        Ok(serde_json::from_str(&std::fs::read_to_string(&json)?)?)
     };
     eprintln!("xtask: warming up for {} s", args.warmup);
-    bench(&spec(args.warmup, false)?)?;
+    bench(args.warmup, false)?;
 
     eprintln!("xtask: scalestack bench for {} s", args.seconds);
-    let report = bench(&spec(args.seconds, true)?)?;
+    let report = bench(args.seconds, true)?;
     let ours = Row {
         client: "scalestack bench",
         rps: report.rps,

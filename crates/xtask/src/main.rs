@@ -14,6 +14,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench_cache;
+mod bench_loadgen;
+mod bench_queue;
 mod bench_stack;
 
 #[derive(Debug, Parser)]
@@ -49,6 +51,13 @@ enum Bench {
     /// The cache tier: reads/s of the L2 path against `redis-benchmark -t get`
     /// on the same redis-server (the L2 ceiling).
     Cache(bench_cache::Args),
+    /// Publish and consume msg/s of the queue's embedded and JetStream
+    /// backends, against the raw async-nats client on the same nats-server.
+    Queue(bench_queue::Args),
+    /// `scalestack bench` against wrk and h2load on one nginx: requests per
+    /// CPU-second, HTTP/2, open-model accuracy, optionally callgrind
+    /// instructions per request.
+    Loadgen(bench_loadgen::Args),
 }
 
 /// The workspace root (xtask lives in `crates/xtask`).
@@ -81,6 +90,8 @@ fn cargo() -> Command {
 /// (The walking skeleton's tests run on embedded SQLite only; PostgreSQL,
 /// Redis and nats-server join this list with the issues that test on them.)
 const TEST_PACKAGES: &[(&str, &str)] = &[
+    // The queue's JetStream backend (crates/queue, testkit::nats).
+    ("nats-server", "nats-server"),
     // The cache's L2 and outage tests (crates/cache, testkit::redis); the
     // cluster tests also need redis-cli, which is in redis-tools.
     ("redis-server", "redis-server"),
@@ -147,6 +158,8 @@ fn main() -> Result<()> {
         Task::Bench { which } => match which {
             Bench::Stack(args) => bench_stack::run(&args),
             Bench::Cache(args) => bench_cache::run(&args),
+            Bench::Queue(args) => bench_queue::run(&args),
+            Bench::Loadgen(args) => bench_loadgen::run(&args),
         },
     }
 }

@@ -2,6 +2,9 @@
 //! own thread and runtime so that the blocking `scalestack_bench::run` can be
 //! called from a plain `#[test]`. They count what they see, so tests can
 //! compare the report with the server's side of the story.
+//!
+//! Shared by several test binaries; each uses a subset of it.
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -13,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -54,6 +57,18 @@ pub(crate) struct Seen {
     /// Requests whose path did not end in a number.
     pub(crate) keyless: AtomicU64,
     pub(crate) statuses: Mutex<BTreeMap<u16, u64>>,
+    /// Every request answered, in order.
+    pub(crate) log: Mutex<Vec<Logged>>,
+}
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+pub(crate) struct Logged {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) body: String,
+    pub(crate) version: http::Version,
 }
 
 impl Seen {
@@ -74,6 +89,10 @@ impl Seen {
 
     pub(crate) fn statuses(&self) -> BTreeMap<u16, u64> {
         self.statuses.lock().unwrap().clone()
+    }
+
+    pub(crate) fn log(&self) -> Vec<Logged> {
+        self.log.lock().unwrap().clone()
     }
 
     fn key(&self, path: &str) -> Option<u64> {
@@ -108,6 +127,15 @@ impl Server {
     /// An HTTP/1.1 server (hyper) that answers every request with
     /// `reply(key, index of the request on its connection)`.
     pub(crate) fn http(reply: impl Fn(Option<u64>, u64) -> Reply + Send + Sync + 'static) -> Self {
+        Self::hyper(reply, false)
+    }
+
+    /// The same over HTTP/2 with prior knowledge (h2c).
+    pub(crate) fn h2(reply: impl Fn(Option<u64>, u64) -> Reply + Send + Sync + 'static) -> Self {
+        Self::hyper(reply, true)
+    }
+
+    fn hyper(reply: impl Fn(Option<u64>, u64) -> Reply + Send + Sync + 'static, h2: bool) -> Self {
         let reply = Arc::new(reply);
         Self::spawn(move |stream, seen| {
             let reply = reply.clone();
@@ -123,6 +151,12 @@ impl Server {
                     } = reply(key, index);
                     let seen = seen.clone();
                     async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
                         if !delay.is_zero() {
                             tokio::time::sleep(delay).await;
                         }
@@ -135,6 +169,19 @@ impl Server {
                             .unwrap()
                             .entry(status.as_u16())
                             .or_default() += 1;
+                        seen.log.lock().unwrap().push(Logged {
+                            method: parts.method.to_string(),
+                            path: parts
+                                .uri
+                                .path_and_query()
+                                .map_or_else(|| "/".into(), ToString::to_string),
+                            idempotency_key: parts
+                                .headers
+                                .get("idempotency-key")
+                                .map(|v| v.to_str().unwrap().to_owned()),
+                            body: String::from_utf8_lossy(&body).into_owned(),
+                            version: parts.version,
+                        });
                         let mut response = Response::new(Full::new(Bytes::from_static(BODY)));
                         *response.status_mut() = status;
                         if close {
@@ -145,9 +192,17 @@ impl Server {
                         Ok::<_, Infallible>(response)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
             }
         })
     }

@@ -1,0 +1,282 @@
+//! Publish and consume throughput of the queue, run by `cargo xtask bench
+//! queue` (which starts the nats-server and renders the table); built with the
+//! bench profile so that the measured code is optimised.
+//!
+//! Four rows, each publishing `--messages` messages of `--payload` bytes and
+//! then consuming and acknowledging all of them:
+//!
+//! - `raw async-nats`: the client used directly on one stream and one durable
+//!   pull consumer (publish acks awaited in windows, a pulling message stream,
+//!   one ack per message): the anchor;
+//! - `raw async-nats + message ids`: the same with a `Nats-Msg-Id` header on
+//!   every publish, which the scalestack backend sends for duplicate
+//!   detection: it shows what that feature costs on the server;
+//! - `scalestack nats`: the JetStream backend through the worker runtime;
+//! - `scalestack embedded`: the SQLite backend through the worker runtime.
+//!
+//! Each row prints one JSON line; CPU is this process's plus, for the NATS
+//! rows, the server's (utime + stime from /proc) per message.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use futures::StreamExt;
+use scalestack_queue::embedded::{EmbeddedOptions, EmbeddedQueue};
+use scalestack_queue::jetstream::{JetStreamOptions, JetStreamQueue};
+use scalestack_queue::worker::GroupOptions;
+use scalestack_queue::{Backend, BatchHandler, Delivery, HandlerError, Message, TopicSpec, Worker};
+use scalestack_telemetry::procfs;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Clone)]
+struct Args {
+    nats_url: String,
+    nats_pid: Option<u32>,
+    dir: std::path::PathBuf,
+    messages: usize,
+    payload: usize,
+    batch: usize,
+    partitions: u32,
+    concurrency: usize,
+    window: usize,
+}
+
+fn parse() -> Result<Args, Error> {
+    let mut args = Args {
+        nats_url: String::new(),
+        nats_pid: None,
+        dir: std::env::temp_dir(),
+        messages: 100_000,
+        payload: 256,
+        batch: 100,
+        partitions: 8,
+        concurrency: 8,
+        window: 1_000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        // `cargo bench` passes --bench to harness-less targets.
+        if flag == "--bench" {
+            continue;
+        }
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--nats-url" => args.nats_url = value,
+            "--nats-pid" => args.nats_pid = Some(value.parse()?),
+            "--dir" => args.dir = value.into(),
+            "--messages" => args.messages = value.parse()?,
+            "--payload" => args.payload = value.parse()?,
+            "--batch" => args.batch = value.parse()?,
+            "--partitions" => args.partitions = value.parse()?,
+            "--concurrency" => args.concurrency = value.parse()?,
+            "--window" => args.window = value.parse()?,
+            other => return Err(format!("unknown flag {other}").into()),
+        }
+    }
+    if args.nats_url.is_empty() {
+        return Err("--nats-url is required".into());
+    }
+    Ok(args)
+}
+
+/// CPU time of this process and the server so far.
+fn cpu(args: &Args, with_server: bool) -> Duration {
+    let own = procfs::self_stat().map(|s| s.cpu).unwrap_or_default();
+    let server = match (with_server, args.nats_pid) {
+        (true, Some(pid)) => procfs::stat(pid).map(|s| s.cpu).unwrap_or_default(),
+        _ => Duration::ZERO,
+    };
+    own + server
+}
+
+struct Row {
+    name: &'static str,
+    publish: Duration,
+    consume: Duration,
+    cpu: Duration,
+}
+
+impl Row {
+    fn print(&self, args: &Args) {
+        let n = args.messages as f64;
+        println!(
+            "{}",
+            serde_json::json!({
+                "name": self.name,
+                "messages": args.messages,
+                "publish_per_s": n / self.publish.as_secs_f64(),
+                "consume_per_s": n / self.consume.as_secs_f64(),
+                "cpu_us_per_msg": self.cpu.as_secs_f64() * 1e6 / n,
+            })
+        );
+    }
+}
+
+fn messages(args: &Args) -> Vec<Message> {
+    let body = vec![b'x'; args.payload];
+    (0..args.messages)
+        .map(|i| Message::new(format!("m{i}"), format!("key-{}", i % 1_000), body.clone()))
+        .collect()
+}
+
+/// The raw client; with `ids`, every publish carries a `Nats-Msg-Id` header
+/// as the scalestack backend's do, which makes the server track duplicates.
+async fn raw(args: &Args, ids: bool) -> Result<Row, Error> {
+    let client = async_nats::connect(&args.nats_url).await?;
+    let js = jetstream::new(client.clone());
+    let mut stream = js
+        .create_stream(stream::Config {
+            name: "RAW".into(),
+            subjects: vec!["raw.>".into()],
+            ..Default::default()
+        })
+        .await?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("raw".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    let body = bytes::Bytes::from(vec![b'x'; args.payload]);
+    let cpu0 = cpu(args, true);
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < args.messages {
+        let n = args.window.min(args.messages - sent);
+        let mut acks = Vec::with_capacity(n);
+        for i in 0..n {
+            let subject = format!("raw.{}", (sent + i) % args.partitions as usize);
+            let ack = if ids {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("m{}", sent + i).as_str());
+                js.publish_with_headers(subject, headers, body.clone())
+                    .await?
+            } else {
+                js.publish(subject, body.clone()).await?
+            };
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        sent += n;
+    }
+    let publish = start.elapsed();
+    let start = Instant::now();
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(args.batch)
+        .messages()
+        .await?;
+    let mut got = 0;
+    while got < args.messages {
+        let message = messages.next().await.ok_or("the raw stream ended")??;
+        message.ack().await?;
+        got += 1;
+    }
+    client.flush().await?;
+    let consume = start.elapsed();
+    let row = Row {
+        name: if ids {
+            "raw async-nats + message ids"
+        } else {
+            "raw async-nats"
+        },
+        publish,
+        consume,
+        cpu: cpu(args, true) - cpu0,
+    };
+    drop(messages);
+    stream.info().await?;
+    js.delete_stream("RAW").await?;
+    Ok(row)
+}
+
+/// Counts what it is handed and acknowledges everything.
+struct Count(Arc<AtomicU64>);
+
+impl BatchHandler for Count {
+    async fn handle<'a>(&'a self, batch: &'a [Delivery]) -> Vec<Result<(), HandlerError>> {
+        self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        vec![Ok(()); batch.len()]
+    }
+}
+
+async fn through_worker<B: Backend>(
+    name: &'static str,
+    queue: B,
+    args: &Args,
+    with_server: bool,
+) -> Result<Row, Error> {
+    let queue = Arc::new(queue);
+    queue
+        .ensure_topic(&TopicSpec::new("bench", args.partitions, &["g"]))
+        .await?;
+    let all = messages(args);
+    let cpu0 = cpu(args, with_server);
+    let start = Instant::now();
+    // Publish in the chunks an outbox relay would use.
+    for chunk in all.chunks(args.window) {
+        queue.publish("bench", chunk).await?;
+    }
+    let publish = start.elapsed();
+
+    let count = Arc::new(AtomicU64::new(0));
+    let mut options = GroupOptions::new("bench", "g");
+    options.batch_size = args.batch;
+    options.concurrency = args.concurrency;
+    options.fetch_wait = Duration::from_millis(100);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let start = Instant::now();
+    let worker = tokio::spawn(
+        Worker::new(queue.clone())
+            .with_stats_interval(Duration::from_secs(3600))
+            .group(options, Count(count.clone()))
+            .run(async move {
+                let _ = stopped.await;
+            }),
+    );
+    while count.load(Ordering::Relaxed) < args.messages as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The last batch is counted before it is acknowledged: wait for the acks.
+    while queue.group_stats("bench", "g").await?.lag() > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let consume = start.elapsed();
+    let cpu = cpu(args, with_server) - cpu0;
+    let _ = stop.send(());
+    worker.await??;
+    Ok(Row {
+        name,
+        publish,
+        consume,
+        cpu,
+    })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Error> {
+    let args = parse()?;
+    raw(&args, false).await?.print(&args);
+    raw(&args, true).await?.print(&args);
+
+    let prefix = format!("bench{:08x}", rand::random::<u32>());
+    let nats =
+        JetStreamQueue::connect(JetStreamOptions::new(&args.nats_url).with_prefix(&prefix)).await?;
+    through_worker("scalestack nats", nats, &args, true)
+        .await?
+        .print(&args);
+
+    let path = args.dir.join(format!("{prefix}.db"));
+    let embedded = EmbeddedQueue::open(EmbeddedOptions::new(&path)).await?;
+    through_worker("scalestack embedded", embedded.clone(), &args, false)
+        .await?
+        .print(&args);
+    embedded.close().await;
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! `cargo xtask bench queue`: publish and consume throughput of the queue's
+//! two backends, side by side with the raw async-nats client on the same
+//! nats-server.
+//!
+//! Starts a nats-server from testkit, runs the optimised measuring program
+//! `crates/queue/benches/throughput.rs` against it, prints a table with the
+//! ratios to the raw client (the target is at least 0.8×) and appends it to
+//! `BENCHMARKS.md` unless `--no-append`.
+
+use std::fmt::Write as _;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use scalestack_testkit::nats::NatsServer;
+
+use crate::{cargo, ensure_program, root};
+
+/// Options of the queue benchmark.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Messages published and then consumed per row.
+    #[arg(long, default_value_t = 100_000)]
+    messages: usize,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 256)]
+    payload: usize,
+    /// Messages per fetch (and the raw client's pull batch).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Partitions of the topic (subjects of the raw stream).
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// Consume loops of the worker runtime.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Publishes awaiting their ack at once.
+    #[arg(long, default_value_t = 1_000)]
+    window: usize,
+    /// Print only; do not append to BENCHMARKS.md.
+    #[arg(long)]
+    no_append: bool,
+}
+
+struct Row {
+    name: String,
+    publish: f64,
+    consume: f64,
+    cpu_us: f64,
+}
+
+pub(crate) fn run(args: &Args) -> Result<()> {
+    ensure_program("nats-server", "nats-server")?;
+    let server = NatsServer::start().map_err(anyhow::Error::msg)?;
+    let dir = tempfile::tempdir().context("create a temporary directory")?;
+    eprintln!(
+        "xtask: cargo bench -p scalestack-queue --bench throughput against {}",
+        server.url()
+    );
+    let output = cargo()
+        .args([
+            "bench",
+            "-q",
+            "-p",
+            "scalestack-queue",
+            "--bench",
+            "throughput",
+            "--",
+        ])
+        .args(["--nats-url", &server.url()])
+        .args(["--nats-pid", &server.pid().unwrap_or(0).to_string()])
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--messages", &args.messages.to_string()])
+        .args(["--payload", &args.payload.to_string()])
+        .args(["--batch", &args.batch.to_string()])
+        .args(["--partitions", &args.partitions.to_string()])
+        .args(["--concurrency", &args.concurrency.to_string()])
+        .args(["--window", &args.window.to_string()])
+        .current_dir(root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("run the queue throughput benchmark")?;
+    if !output.status.success() {
+        bail!(
+            "the queue throughput benchmark failed with {}",
+            output.status
+        );
+    }
+    let mut rows = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        rows.push(Row {
+            name: v["name"].as_str().unwrap_or("?").to_owned(),
+            publish: v["publish_per_s"].as_f64().unwrap_or(f64::NAN),
+            consume: v["consume_per_s"].as_f64().unwrap_or(f64::NAN),
+            cpu_us: v["cpu_us_per_msg"].as_f64().unwrap_or(f64::NAN),
+        });
+    }
+    if rows.len() != 4 {
+        bail!(
+            "expected 4 result rows from the benchmark, got {}",
+            rows.len()
+        );
+    }
+    let table = render(&rows);
+    println!("{table}");
+    if !args.no_append {
+        append(args, &table)?;
+    }
+    Ok(())
+}
+
+fn render(rows: &[Row]) -> String {
+    let raw = &rows[0];
+    let mut out = String::from(
+        "| backend | publish msg/s | consume + ack msg/s | CPU µs/msg | publish vs raw | consume vs raw |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.0} | {:.1} | {:.2}× | {:.2}× |",
+            row.name,
+            row.publish,
+            row.consume,
+            row.cpu_us,
+            row.publish / raw.publish,
+            row.consume / raw.consume
+        );
+    }
+    out
+}
+
+fn append(args: &Args, table: &str) -> Result<()> {
+    let path = root().join("BENCHMARKS.md");
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = time::OffsetDateTime::now_utc().date();
+    let server = Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    let _ = write!(
+        text,
+        "\n## Queue: publish and consume throughput ({date})\n\n\
+         Machine: {cores} cores; {server} with JetStream on file storage, the benchmark and the \
+         server share it.\n\
+         Each row publishes {} messages of {} bytes (acks awaited in windows of {}), then consumes \
+         and acknowledges all of them. Raw: one stream over {} subjects, one durable pull consumer \
+         read as a message stream in batches of {}; its second row adds a `Nats-Msg-Id` header to \
+         every publish, as the scalestack backend does for duplicate detection. scalestack: a topic of {} partitions, the worker \
+         runtime with {} consume loops and batches of {}. CPU = utime + stime of the benchmark \
+         process plus, for the NATS rows, the server, per message.\n\n\
+         Command: `cargo xtask bench queue --messages {} --payload {} --batch {} --partitions {} \
+         --concurrency {} --window {}`\n\n{table}",
+        args.messages,
+        args.payload,
+        args.window,
+        args.partitions,
+        args.batch,
+        args.partitions,
+        args.concurrency,
+        args.batch,
+        args.messages,
+        args.payload,
+        args.batch,
+        args.partitions,
+        args.concurrency,
+        args.window,
+    );
+    std::fs::write(&path, text)?;
+    eprintln!("xtask: appended to {}", path.display());
+    Ok(())
+}
