@@ -23,7 +23,8 @@ const PRODUCT_BATCH: usize = 5_000;
 /// What a seed run wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeedReport {
-    /// Ids of the users created.
+    /// Sequence values of the users created: their ids, except under a
+    /// geographic shard map.
     pub users: Range<i64>,
     /// Number of products created.
     pub products: u64,
@@ -58,7 +59,11 @@ pub async fn run(
     let mut next = ids.start;
     while next < ids.end {
         let end = (next + USER_BATCH as i64).min(ids.end);
-        let batch: Vec<UserRecord> = (next..end).map(|id| fake_user(id, now)).collect();
+        // Under hash and range maps a sequence value is the user id; under a
+        // geographic map it becomes the id of a user of the first region.
+        let batch: Vec<UserRecord> = (next..end)
+            .map(|seq| Ok(fake_user(store.shard_map().user_id(seq, None)?, now)))
+            .collect::<Result<_, scalestack_store::StoreError>>()?;
         store.insert_users(&batch).await?;
         bar.inc(batch.len() as u64);
         next = end;

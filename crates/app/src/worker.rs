@@ -1,9 +1,10 @@
 //! The background worker process (`scalestack worker`).
 //!
 //! Today it has no job types: it watches the outbox of every shard and
-//! exports the backlog (events written with orders and not yet relayed), and
-//! serves `/health` and `/metrics`. The queue work adds the outbox relay and
-//! the consumer groups here.
+//! exports the backlog (events written with orders and not yet relayed),
+//! deletes idempotency keys past their retention, and serves `/health` and
+//! `/metrics`. The queue work adds the outbox relay and the consumer groups
+//! here.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,10 +55,12 @@ pub async fn run(
         .with_state(state.clone());
     tracing::info!(addr = %config.worker.listen, "worker serving; no job types are registered yet");
 
-    let poll = poll_backlog(state, config.worker.poll_interval);
+    let poll = poll_backlog(state.clone(), config.worker.poll_interval);
+    let purge = purge_idempotency_keys(state, config.store.idempotency_cleanup_interval);
     let result = tokio::select! {
         result = serve("worker", listener, router, shutdown) => result,
         () = poll => unreachable!("the poll loop never ends"),
+        () = purge => unreachable!("the purge loop never ends"),
     };
     store.close().await;
     tracing::info!("worker stopped");
@@ -81,6 +84,20 @@ async fn poll_backlog(state: WorkerState, interval: std::time::Duration) {
                     tracing::warn!(%error, "cannot read the outbox backlog");
                 }
             }
+        }
+    }
+}
+
+/// Deletes idempotency keys past their retention every `interval`.
+async fn purge_idempotency_keys(state: WorkerState, interval: std::time::Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match state.store.purge_expired_idempotency_keys().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "expired idempotency keys deleted"),
+            Err(error) => tracing::warn!(%error, "cannot delete expired idempotency keys"),
         }
     }
 }

@@ -1,111 +1,59 @@
 //! The database tier of scalestack.
 //!
-//! This crate owns the shard map ([`shard`]), the id scheme ([`ids`]), the
-//! databases and their versioned migrations, and every SQL statement of the
-//! reference service: users and orders on the user shards, products in the
-//! catalog, and the outbox row written in the same transaction as each order.
+//! This crate owns the shard maps ([`shard`]), the id scheme ([`ids`]), the
+//! databases of both engines (embedded SQLite, PostgreSQL) and their
+//! versioned migrations, read/write splitting over replicas with lag-aware
+//! routing and read-your-writes tokens ([`Consistency`]), and every SQL
+//! statement of the reference service: users and orders on the user shards,
+//! products in the catalog, the outbox row and the idempotency record written
+//! in the same transaction as each order, and the cross-shard order listing.
 //!
-//! It must not know about HTTP, caching or the queue: callers get typed records
-//! and typed errors ([`StoreError`]) and decide what they mean for a client.
+//! It must not know about HTTP, caching or the queue: callers get typed
+//! records and typed errors ([`StoreError`]) and decide what they mean for a
+//! client. An idempotent write stores the caller's response as opaque text.
 //!
-//! Today the backend is embedded SQLite (one file per database under the data
-//! directory). Every statement uses `$N` placeholders and portable SQL so that
-//! the PostgreSQL backend of the data-tier work can share it.
+//! Every statement uses `$N` placeholders and portable SQL; the few places
+//! where the engines differ branch on the engine explicitly. SQLite has no
+//! replication: a database on SQLite is a primary alone.
 
 use std::ops::Range;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::try_join_all;
-use scalestack_config::Config;
+use scalestack_config::{Backend, Config, ReplicaSetConfig, redact_url};
 use serde::{Deserialize, Serialize};
-use sqlx::{QueryBuilder, Sqlite};
 use tokio::sync::Mutex;
 
-mod db;
+mod backend;
+mod error;
+mod idempotency;
 pub mod ids;
+mod node;
+mod orders;
+mod outbox;
+mod products;
+mod replica;
 pub mod shard;
+mod token;
+mod users;
 
-use db::{Database, PoolSettings, Role};
-pub use db::{QUERIES, QUERY_DURATION, QUERY_ERRORS};
-use shard::{ShardMap, bucket_of_user};
+use backend::{Pool, PoolSettings, Role};
+pub use error::StoreError;
+pub use idempotency::{IDEMPOTENCY_PURGED, IdempotencyKey, Placement, StoredResponse};
+use node::Node;
+pub use node::{QUERIES, QUERY_DURATION, QUERY_ERRORS};
+pub use orders::{OrderFilter, OrderPosition};
+pub use outbox::OutboxRow;
+use replica::ReplicaSet;
+pub use replica::{
+    Consistency, READS, REPLICA_LAG, REPLICA_LAG_BYTES, REPLICA_USABLE, ReplicaStatus,
+};
+use shard::ShardMap;
+pub use token::{ConsistencyToken, DbId, TokenError};
 
-/// Errors of the store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The data directory could not be created.
-    #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: String,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// A database could not be opened.
-    #[error("cannot open database {db}: {source}")]
-    Open {
-        /// Database name, e.g. `shard-2`.
-        db: String,
-        /// The driver's error.
-        source: sqlx::Error,
-    },
-    /// Migrations could not be applied.
-    #[error("cannot migrate database {db}: {source}")]
-    Migrate {
-        /// Database name.
-        db: String,
-        /// The migrator's error.
-        source: sqlx::migrate::MigrateError,
-    },
-    /// The data set on disk does not match the configuration.
-    #[error("config key `{key}` does not match the data on disk: {message}")]
-    Layout {
-        /// The config key at fault.
-        key: &'static str,
-        /// What differs.
-        message: String,
-    },
-    /// A query failed.
-    #[error("{op} on {db} failed: {source}")]
-    Query {
-        /// Database name.
-        db: String,
-        /// Operation, e.g. `get_user`.
-        op: &'static str,
-        /// The driver's error.
-        source: sqlx::Error,
-    },
-    /// A write referred to a row that does not exist.
-    #[error("{entity} {id} does not exist")]
-    Missing {
-        /// `user` or `product`.
-        entity: &'static str,
-        /// The id that was asked for.
-        id: i64,
-    },
-    /// An unknown database name was asked for.
-    #[error("no database named {0}")]
-    UnknownDatabase(String),
-}
-
-impl StoreError {
-    /// Whether the failure is likely temporary (overload, a lock held too long,
-    /// a connection lost), so that the caller may answer 503 and a client may retry.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            StoreError::Query { source, .. } | StoreError::Open { source, .. } => match source {
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
-                sqlx::Error::Database(e) => {
-                    // SQLITE_BUSY (5) and SQLITE_LOCKED (6), possibly extended.
-                    let code = e.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
-                    matches!(code & 0xff, 5 | 6)
-                }
-                _ => false,
-            },
-            _ => false,
-        }
-    }
-}
+/// Gauge of the shard map version in force.
+pub const SHARD_MAP_VERSION: &str = "scalestack_store_shard_map_version";
 
 /// Milliseconds since the Unix epoch: how every timestamp is stored.
 pub fn now_ms() -> i64 {
@@ -133,12 +81,15 @@ pub struct UserRecord {
 }
 
 /// Fields of a user to create.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewUser {
     /// Contact address.
     pub email: String,
     /// Display name.
     pub name: String,
+    /// The user's region, under a geographic shard map (`None`: the map's
+    /// first region). Other maps refuse a region.
+    pub region: Option<String>,
 }
 
 /// Fields of a user to change; `None` keeps the stored value.
@@ -229,6 +180,16 @@ pub struct OrderPlaced {
     pub order: OrderRecord,
 }
 
+/// The result of a write, with the token that lets its writer read it back
+/// from a replica (`None` when the database has no replicas).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written<T> {
+    /// What was written.
+    pub value: T,
+    /// Pass as [`Consistency::AtLeast`] to read this write back.
+    pub token: Option<ConsistencyToken>,
+}
+
 // === impl Store ===
 
 /// All databases of the reference service, cheap to clone.
@@ -239,96 +200,149 @@ pub struct Store {
 
 #[derive(Debug)]
 struct Inner {
-    catalog: Database,
-    shards: Vec<Database>,
+    catalog: ReplicaSet,
+    shards: Vec<ReplicaSet>,
     map: ShardMap,
-    /// The unused rest of this process's reserved block of user ids.
+    /// The unused rest of this process's reserved block of user id sequence values.
     user_ids: Mutex<Range<i64>>,
+    /// How long idempotency keys are kept.
+    idempotency_retention: Duration,
+    /// The replica monitor, stopped with the store.
+    monitor: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
-/// User ids reserved from the catalog at a time by one process.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(monitor) = self
+            .monitor
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            monitor.abort();
+        }
+    }
+}
+
+/// User id sequence values reserved from the catalog at a time by one process.
 const USER_ID_BLOCK: i64 = 64;
 
-const USER_COLUMNS: &str = "id, email, name, created_at, updated_at";
+/// What a data set records about the shard map it was written with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RecordedMap {
+    kind: scalestack_config::ShardMapKind,
+    shards: u16,
+    version: u32,
+    #[serde(default)]
+    ranges: Vec<(i64, u16)>,
+    #[serde(default)]
+    regions: Vec<(String, Vec<u16>)>,
+}
 
-impl Store {
-    /// Opens every database of `config.store`, applying migrations, and checks
-    /// that the data on disk was written with the same shard layout.
-    pub async fn open(config: &Config) -> Result<Store, StoreError> {
-        let store = &config.store;
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| StoreError::DataDir {
-            path: config.data_dir.display().to_string(),
-            source,
-        })?;
-        let settings = PoolSettings {
-            max_connections: store.max_connections,
-            acquire_timeout: store.acquire_timeout,
-            busy_timeout: store.busy_timeout,
-        };
-        let path_of = |url: &str| {
-            config
-                .resolve_sqlite_path(url)
-                .expect("config validation admits sqlite:// URLs only")
-        };
-        let catalog = Database::open_sqlite(
-            "catalog".into(),
-            path_of(&store.catalog.primary),
-            Role::Catalog,
-            settings,
-        )
-        .await?;
-        let shards = try_join_all(store.shards.iter().enumerate().map(|(i, shard)| {
-            Database::open_sqlite(
-                format!("shard-{i}"),
-                path_of(&shard.primary),
-                Role::Shard,
-                settings,
-            )
-        }))
-        .await?;
-        db::describe_metrics();
-
-        let count = u16::try_from(shards.len()).map_err(|_| StoreError::Layout {
-            key: "store.shards",
-            message: format!("{} shards is more than supported", shards.len()),
-        })?;
-        let recorded = catalog.meta_init("shard_count", &count.to_string()).await?;
-        if recorded != count.to_string() {
-            return Err(StoreError::Layout {
-                key: "store.shards",
-                message: format!(
-                    "the data set was written with {recorded} shards and the config lists {count}; \
-                     moving users between shards is not supported yet"
-                ),
-            });
+impl RecordedMap {
+    fn of(config: &scalestack_config::StoreConfig) -> Self {
+        Self {
+            kind: config.shard_map,
+            shards: u16::try_from(config.shards.len()).unwrap_or(u16::MAX),
+            version: config.shard_map_version,
+            ranges: config
+                .ranges
+                .iter()
+                .map(|r| (r.first_user, r.shard))
+                .collect(),
+            regions: config
+                .regions
+                .iter()
+                .map(|r| (r.name.clone(), r.shards.clone()))
+                .collect(),
         }
-        for (i, shard) in shards.iter().enumerate() {
-            let recorded = shard.meta_init("shard_index", &i.to_string()).await?;
-            if recorded != i.to_string() {
-                return Err(StoreError::Layout {
-                    key: "store.shards",
-                    message: format!(
-                        "database {} holds shard {recorded}, but is listed as shard {i}",
-                        shard.name
-                    ),
-                });
-            }
-        }
-        Ok(Store {
-            inner: Arc::new(Inner {
-                catalog,
-                shards,
-                map: ShardMap::hash(count),
-                user_ids: Mutex::new(0..0),
-            }),
-        })
     }
 
-    /// Closes every pool, letting SQLite checkpoint its write-ahead logs.
+    fn map(&self) -> ShardMap {
+        use scalestack_config::ShardMapKind as K;
+        let map = match self.kind {
+            K::Hash => ShardMap::hash(self.shards.max(1)),
+            K::Range if !self.ranges.is_empty() => {
+                ShardMap::range(self.shards.max(1), &self.ranges)
+            }
+            K::Geo if !self.regions.is_empty() => ShardMap::geo(self.shards.max(1), &self.regions),
+            _ => ShardMap::hash(self.shards.max(1)),
+        };
+        map.with_version(self.version)
+    }
+}
+
+impl Store {
+    /// Opens every database of `config.store`, applying migrations on the
+    /// primaries, checks that the data set was written with a compatible
+    /// shard layout, and starts the replica monitor when there are replicas.
+    pub async fn open(config: &Config) -> Result<Store, StoreError> {
+        let store = &config.store;
+        let sets = std::iter::once(&store.catalog).chain(&store.shards);
+        if sets
+            .clone()
+            .any(|s| Backend::of_url(&s.primary) == Some(Backend::Sqlite))
+        {
+            std::fs::create_dir_all(&config.data_dir).map_err(|source| StoreError::DataDir {
+                path: config.data_dir.display().to_string(),
+                source,
+            })?;
+        }
+        let catalog = open_set(config, DbId::Catalog, &store.catalog, Role::Catalog).await?;
+        let shards = try_join_all(store.shards.iter().enumerate().map(|(i, shard)| {
+            let id = DbId::Shard(u16::try_from(i).unwrap_or(u16::MAX));
+            open_set(config, id, shard, Role::Shard)
+        }))
+        .await?;
+        node::describe_metrics();
+        idempotency::describe_metrics();
+        metrics::describe_gauge!(SHARD_MAP_VERSION, "Version of the shard map in force.");
+
+        let map = check_layout(&catalog, &shards, store).await?;
+        metrics::gauge!(SHARD_MAP_VERSION).set(f64::from(map.version()));
+        let has_replicas = std::iter::once(&catalog)
+            .chain(&shards)
+            .any(|s| !s.replicas.is_empty());
+        let inner = Arc::new(Inner {
+            catalog,
+            shards,
+            map,
+            user_ids: Mutex::new(0..0),
+            idempotency_retention: store.idempotency_retention,
+            monitor: std::sync::Mutex::new(None),
+        });
+        let store_handle = Store { inner };
+        if has_replicas {
+            // Measure once before the first read, so that reads go to the
+            // replicas from the start rather than after the first interval.
+            store_handle.check_replicas().await;
+            let task = tokio::spawn(monitor(
+                Arc::downgrade(&store_handle.inner),
+                store.replica_check_interval,
+            ));
+            *store_handle
+                .inner
+                .monitor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+        }
+        Ok(store_handle)
+    }
+
+    /// Stops the replica monitor and closes every pool, letting SQLite
+    /// checkpoint its write-ahead logs.
     pub async fn close(&self) {
-        self.inner.catalog.pool.close().await;
-        for shard in &self.inner.shards {
-            shard.pool.close().await;
+        let monitor = self
+            .inner
+            .monitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(monitor) = monitor {
+            monitor.abort();
+        }
+        for set in self.sets() {
+            set.close().await;
         }
     }
 
@@ -337,413 +351,246 @@ impl Store {
         &self.inner.map
     }
 
+    fn sets(&self) -> impl Iterator<Item = &ReplicaSet> {
+        std::iter::once(&self.inner.catalog).chain(&self.inner.shards)
+    }
+
     /// Names of every database, catalog first: `catalog`, `shard-0`, ...
     pub fn database_names(&self) -> Vec<String> {
-        std::iter::once(&self.inner.catalog)
-            .chain(&self.inner.shards)
-            .map(|d| d.name.clone())
-            .collect()
+        self.sets().map(|s| s.name().to_owned()).collect()
     }
 
-    /// Runs a trivial query on database `name`: the deep health check.
+    /// Runs a trivial query on the primary of database `name`: the deep
+    /// health check. (Replicas are not part of it: reads survive without them.)
     pub async fn ping(&self, name: &str) -> Result<(), StoreError> {
-        let db = std::iter::once(&self.inner.catalog)
-            .chain(&self.inner.shards)
-            .find(|d| d.name == name)
+        let set = self
+            .sets()
+            .find(|s| s.name() == name)
             .ok_or_else(|| StoreError::UnknownDatabase(name.to_owned()))?;
-        db.timed("ping", sqlx::query("SELECT 1").execute(&db.pool))
-            .await
-            .map(drop)
-    }
-
-    fn shard_of_user(&self, user_id: i64) -> &Database {
-        &self.inner.shards[self.inner.map.shard_of_user(user_id)]
-    }
-
-    // --- ids ---
-
-    /// Reserves `n` consecutive user ids from the catalog sequence.
-    pub async fn reserve_user_ids(&self, n: i64) -> Result<Range<i64>, StoreError> {
-        let catalog = &self.inner.catalog;
-        let next: i64 = catalog
-            .timed(
-                "reserve_user_ids",
-                sqlx::query_scalar(
-                    "UPDATE id_sequences SET next_value = next_value + $1 WHERE name = 'users' \
-                     RETURNING next_value",
-                )
-                .bind(n)
-                .fetch_one(&catalog.pool),
-            )
-            .await?;
-        Ok(next - n..next)
-    }
-
-    async fn next_user_id(&self) -> Result<i64, StoreError> {
-        let mut block = self.inner.user_ids.lock().await;
-        if block.is_empty() {
-            *block = self.reserve_user_ids(USER_ID_BLOCK).await?;
-        }
-        let id = block.start;
-        block.start += 1;
-        Ok(id)
-    }
-
-    // --- users ---
-
-    /// Creates a user on the shard its new id maps to.
-    pub async fn create_user(&self, new: &NewUser) -> Result<UserRecord, StoreError> {
-        let id = self.next_user_id().await?;
-        let now = now_ms();
-        let user = UserRecord {
-            id,
-            email: new.email.clone(),
-            name: new.name.clone(),
-            created_at: now,
-            updated_at: now,
-        };
-        let shard = self.shard_of_user(id);
-        shard
-            .timed(
-                "create_user",
-                sqlx::query(
-                    "INSERT INTO users (id, email, name, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(user.id)
-                .bind(&user.email)
-                .bind(&user.name)
-                .bind(user.created_at)
-                .bind(user.updated_at)
-                .execute(&shard.pool),
-            )
-            .await?;
-        Ok(user)
-    }
-
-    /// Reads a user.
-    pub async fn get_user(&self, id: i64) -> Result<Option<UserRecord>, StoreError> {
-        let shard = self.shard_of_user(id);
-        shard
-            .timed(
-                "get_user",
-                sqlx::query_as::<_, UserRecord>(
-                    "SELECT id, email, name, created_at, updated_at FROM users WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(&shard.pool),
-            )
-            .await
-    }
-
-    /// Changes the given fields of a user; `None` when there is no such user.
-    pub async fn update_user(
-        &self,
-        id: i64,
-        patch: &UserPatch,
-    ) -> Result<Option<UserRecord>, StoreError> {
-        let shard = self.shard_of_user(id);
-        shard
-            .timed(
-                "update_user",
-                sqlx::query_as::<_, UserRecord>(
-                    "UPDATE users SET email = COALESCE($2, email), name = COALESCE($3, name), \
-                     updated_at = $4 WHERE id = $1 \
-                     RETURNING id, email, name, created_at, updated_at",
-                )
-                .bind(id)
-                .bind(patch.email.as_deref())
-                .bind(patch.name.as_deref())
-                .bind(now_ms())
-                .fetch_optional(&shard.pool),
-            )
-            .await
-    }
-
-    /// Inserts users with ids already reserved (see [`Store::reserve_user_ids`]):
-    /// one transaction per shard, multi-row statements, shards in parallel.
-    pub async fn insert_users(&self, users: &[UserRecord]) -> Result<(), StoreError> {
-        let mut per_shard: Vec<Vec<&UserRecord>> = vec![Vec::new(); self.inner.shards.len()];
-        for user in users {
-            per_shard[self.inner.map.shard_of_user(user.id)].push(user);
-        }
-        try_join_all(
-            per_shard
-                .into_iter()
-                .enumerate()
-                .filter(|(_, rows)| !rows.is_empty())
-                .map(|(i, rows)| async move {
-                    let shard = &self.inner.shards[i];
-                    shard
-                        .timed("insert_users", async {
-                            let mut tx = shard.pool.begin_with("BEGIN IMMEDIATE").await?;
-                            // 5 parameters per row; SQLite allows 32766 per statement.
-                            for chunk in rows.chunks(1000) {
-                                let mut q = QueryBuilder::<Sqlite>::new(format!(
-                                    "INSERT INTO users ({USER_COLUMNS}) "
-                                ));
-                                q.push_values(chunk, |mut b, u| {
-                                    b.push_bind(u.id)
-                                        .push_bind(&u.email)
-                                        .push_bind(&u.name)
-                                        .push_bind(u.created_at)
-                                        .push_bind(u.updated_at);
-                                });
-                                q.build().execute(&mut *tx).await?;
-                            }
-                            tx.commit().await
-                        })
-                        .await
-                }),
-        )
-        .await
-        .map(drop)
-    }
-
-    // --- products ---
-
-    /// Creates a product in the catalog.
-    pub async fn create_product(&self, new: &NewProduct) -> Result<ProductRecord, StoreError> {
-        let catalog = &self.inner.catalog;
-        let now = now_ms();
-        catalog
-            .timed(
-                "create_product",
-                sqlx::query_as::<_, ProductRecord>(
-                    "INSERT INTO products (name, description, price_cents, stock, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $5) \
-                     RETURNING id, name, description, price_cents, stock, created_at, updated_at",
-                )
-                .bind(&new.name)
-                .bind(&new.description)
-                .bind(new.price_cents)
-                .bind(new.stock)
-                .bind(now)
-                .fetch_one(&catalog.pool),
-            )
-            .await
-    }
-
-    /// Reads a product.
-    pub async fn get_product(&self, id: i64) -> Result<Option<ProductRecord>, StoreError> {
-        let catalog = &self.inner.catalog;
-        catalog
-            .timed(
-                "get_product",
-                sqlx::query_as::<_, ProductRecord>(
-                    "SELECT id, name, description, price_cents, stock, created_at, updated_at \
-                     FROM products WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(&catalog.pool),
-            )
-            .await
-    }
-
-    /// A page of products in id order, starting after id `after`.
-    pub async fn list_products(
-        &self,
-        after: Option<i64>,
-        limit: u32,
-    ) -> Result<Vec<ProductRecord>, StoreError> {
-        let catalog = &self.inner.catalog;
-        catalog
-            .timed(
-                "list_products",
-                sqlx::query_as::<_, ProductRecord>(
-                    "SELECT id, name, description, price_cents, stock, created_at, updated_at \
-                     FROM products WHERE id > $1 ORDER BY id LIMIT $2",
-                )
-                .bind(after.unwrap_or(0))
-                .bind(i64::from(limit))
-                .fetch_all(&catalog.pool),
-            )
-            .await
-    }
-
-    /// Inserts products in one transaction with multi-row statements.
-    pub async fn insert_products(&self, products: &[NewProduct]) -> Result<(), StoreError> {
-        let catalog = &self.inner.catalog;
-        let now = now_ms();
-        catalog
-            .timed("insert_products", async {
-                let mut tx = catalog.pool.begin_with("BEGIN IMMEDIATE").await?;
-                for chunk in products.chunks(1000) {
-                    let mut q = QueryBuilder::<Sqlite>::new(
-                        "INSERT INTO products (name, description, price_cents, stock, created_at, updated_at) ",
-                    );
-                    q.push_values(chunk, |mut b, p| {
-                        b.push_bind(&p.name)
-                            .push_bind(&p.description)
-                            .push_bind(p.price_cents)
-                            .push_bind(p.stock)
-                            .push_bind(now)
-                            .push_bind(now);
-                    });
-                    q.build().execute(&mut *tx).await?;
-                }
-                tx.commit().await
-            })
-            .await
-    }
-
-    // --- orders ---
-
-    /// Places an order: the order row and its `order.placed` outbox row are
-    /// written in one transaction on the user's shard.
-    ///
-    /// Fails with [`StoreError::Missing`] when the user does not exist.
-    pub async fn create_order(&self, new: &NewOrder) -> Result<OrderRecord, StoreError> {
-        let bucket = bucket_of_user(new.user_id);
-        let shard = self.shard_of_user(new.user_id);
-        let written = shard
-            .timed("create_order", async {
-                // IMMEDIATE takes the write lock up front: a deferred transaction
-                // that upgrades later can fail with SQLITE_BUSY without waiting.
-                let mut tx = shard.pool.begin_with("BEGIN IMMEDIATE").await?;
-                let user_exists = sqlx::query_scalar::<_, i64>("SELECT 1 FROM users WHERE id = $1")
-                    .bind(new.user_id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .is_some();
-                if !user_exists {
-                    return Ok(None);
-                }
-                let seq: i64 = sqlx::query_scalar(
-                    "UPDATE id_sequences SET next_value = next_value + 1 WHERE name = 'orders' \
-                     RETURNING next_value - 1",
-                )
-                .fetch_one(&mut *tx)
-                .await?;
-                let order = OrderRecord {
-                    id: ids::order_id(seq, bucket),
-                    user_id: new.user_id,
-                    product_id: new.product_id,
-                    quantity: new.quantity,
-                    unit_price_cents: new.unit_price_cents,
-                    total_cents: new.quantity * new.unit_price_cents,
-                    status: "placed".into(),
-                    created_at: now_ms(),
-                };
-                sqlx::query(
-                    "INSERT INTO orders (id, user_id, product_id, quantity, unit_price_cents, total_cents, \
-                     status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(order.id)
-                .bind(order.user_id)
-                .bind(order.product_id)
-                .bind(order.quantity)
-                .bind(order.unit_price_cents)
-                .bind(order.total_cents)
-                .bind(&order.status)
-                .bind(order.created_at)
-                .execute(&mut *tx)
-                .await?;
-                let event = OrderPlaced {
-                    kind: "order.placed".into(),
-                    order: order.clone(),
-                };
-                sqlx::query("INSERT INTO outbox (topic, key, payload, created_at) VALUES ($1, $2, $3, $4)")
-                    .bind(ORDERS_TOPIC)
-                    .bind(order.user_id.to_string())
-                    .bind(serde_json::to_string(&event).expect("an event serializes"))
-                    .bind(order.created_at)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(Some(order))
-            })
-            .await?;
-        written.ok_or(StoreError::Missing {
-            entity: "user",
-            id: new.user_id,
+        set.write("ping", async {
+            on_pool!(&set.primary.pool, p => sqlx::query("SELECT 1").execute(p).await.map(drop))
         })
-    }
-
-    /// Reads an order by id; the id alone tells the shard.
-    pub async fn get_order(&self, id: i64) -> Result<Option<OrderRecord>, StoreError> {
-        let Some(bucket) = ids::order_bucket(id) else {
-            return Ok(None);
-        };
-        let shard = &self.inner.shards[self.inner.map.shard_of_bucket(bucket)];
-        shard
-            .timed(
-                "get_order",
-                sqlx::query_as::<_, OrderRecord>(
-                    "SELECT id, user_id, product_id, quantity, unit_price_cents, total_cents, status, \
-                     created_at FROM orders WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(&shard.pool),
-            )
-            .await
-    }
-
-    /// A page of a user's orders, newest first, starting below id `before`.
-    pub async fn list_user_orders(
-        &self,
-        user_id: i64,
-        before: Option<i64>,
-        limit: u32,
-    ) -> Result<Vec<OrderRecord>, StoreError> {
-        let shard = self.shard_of_user(user_id);
-        shard
-            .timed(
-                "list_user_orders",
-                sqlx::query_as::<_, OrderRecord>(
-                    "SELECT id, user_id, product_id, quantity, unit_price_cents, total_cents, status, \
-                     created_at FROM orders WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
-                )
-                .bind(user_id)
-                .bind(before.unwrap_or(i64::MAX))
-                .bind(i64::from(limit))
-                .fetch_all(&shard.pool),
-            )
-            .await
-    }
-
-    // --- outbox ---
-
-    /// Unsent outbox rows per shard, as `(shard name, count)`.
-    pub async fn outbox_backlog(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        try_join_all(self.inner.shards.iter().map(|shard| async move {
-            let n: i64 = shard
-                .timed(
-                    "outbox_backlog",
-                    sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
-                        .fetch_one(&shard.pool),
-                )
-                .await?;
-            Ok((shard.name.clone(), n.max(0) as u64))
-        }))
         .await
     }
 
-    /// The oldest unsent outbox rows of every shard (at most `limit` per shard),
-    /// as `(shard name, event)`: what the queue's relay will publish.
-    pub async fn outbox_unsent(
-        &self,
-        limit: u32,
-    ) -> Result<Vec<(String, OrderPlaced)>, StoreError> {
-        let per_shard = try_join_all(self.inner.shards.iter().map(|shard| async move {
-            let payloads: Vec<String> = shard
-                .timed(
-                    "outbox_unsent",
-                    sqlx::query_scalar(
-                        "SELECT payload FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
-                    )
-                    .bind(i64::from(limit))
-                    .fetch_all(&shard.pool),
+    /// Measures the health and lag of every replica now (the monitor does
+    /// so every `store.replica_check_interval`).
+    pub async fn check_replicas(&self) {
+        futures::future::join_all(self.sets().map(ReplicaSet::check)).await;
+    }
+
+    /// The state of every replica, catalog first.
+    pub fn replica_status(&self) -> Vec<ReplicaStatus> {
+        self.sets().flat_map(ReplicaSet::statuses).collect()
+    }
+
+    /// The engine of the user shards (of shard 0, to be exact).
+    pub fn backend(&self) -> Backend {
+        self.inner.shards[0].backend()
+    }
+
+    fn shard(&self, index: usize) -> &ReplicaSet {
+        &self.inner.shards[index]
+    }
+
+    fn shard_of_user(&self, user_id: i64) -> &ReplicaSet {
+        self.shard(self.inner.map.shard_of_user(user_id))
+    }
+
+    fn catalog(&self) -> &ReplicaSet {
+        &self.inner.catalog
+    }
+}
+
+/// Opens the primary and the replicas of one database; migrates the primary.
+async fn open_set(
+    config: &Config,
+    id: DbId,
+    set: &ReplicaSetConfig,
+    role: Role,
+) -> Result<ReplicaSet, StoreError> {
+    let store = &config.store;
+    let name = id.to_string();
+    let settings = PoolSettings {
+        max_connections: store.max_connections,
+        acquire_timeout: store.acquire_timeout,
+        busy_timeout: store.busy_timeout,
+    };
+    let primary_pool = match Backend::of_url(&set.primary) {
+        Some(Backend::Sqlite) => {
+            let path = config
+                .resolve_sqlite_path(&set.primary)
+                .expect("an sqlite:// URL resolves to a path");
+            Pool::open_sqlite(&name, &path, settings).await?
+        }
+        _ => Pool::open_postgres(&name, &set.primary, settings, false).await?,
+    };
+    primary_pool.migrate(&name, role).await?;
+    let replica_settings = PoolSettings {
+        // A replica that does not hand out a connection quickly is treated
+        // as down; the primary serves the read instead.
+        acquire_timeout: store.replica_check_timeout,
+        ..settings
+    };
+    let mut replicas = Vec::with_capacity(set.replicas.len());
+    for (i, url) in set.replicas.iter().enumerate() {
+        let node_name = format!("replica-{i}");
+        tracing::debug!(db = %name, node = %node_name, url = %redact_url(url), "opening replica");
+        let pool = Pool::open_postgres(&format!("{name}/{node_name}"), url, replica_settings, true)
+            .await?;
+        replicas.push(Node::new(&name, node_name, pool, false));
+    }
+    Ok(ReplicaSet::new(
+        id,
+        Node::new(&name, "primary".into(), primary_pool, true),
+        replicas,
+        store.read_policy,
+        store.max_replica_lag,
+        store.replica_check_timeout,
+    ))
+}
+
+/// Reads a `store_meta` value of a database's primary.
+async fn meta(set: &ReplicaSet, key: &str) -> Result<Option<String>, StoreError> {
+    let key = key.to_owned();
+    set.write("meta", async {
+        on_pool!(&set.primary.pool, p => sqlx::query_scalar::<_, String>(
+            "SELECT value FROM store_meta WHERE key = $1"
+        )
+        .bind(&key)
+        .fetch_optional(p)
+        .await)
+    })
+    .await
+}
+
+/// Writes a `store_meta` value, replacing one that is there.
+async fn meta_set(set: &ReplicaSet, key: &str, value: &str) -> Result<(), StoreError> {
+    set.write("meta", async {
+        on_pool!(&set.primary.pool, p => sqlx::query(
+            "INSERT INTO store_meta (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        )
+        .bind(key)
+        .bind(value)
+        .execute(p)
+        .await
+        .map(drop))
+    })
+    .await
+}
+
+/// Checks the data set against the configured layout and records the layout
+/// of a fresh (or compatibly changed) data set. Returns the map in force.
+async fn check_layout(
+    catalog: &ReplicaSet,
+    shards: &[ReplicaSet],
+    config: &scalestack_config::StoreConfig,
+) -> Result<ShardMap, StoreError> {
+    let wanted = RecordedMap::of(config);
+    let map = wanted.map();
+    // Data sets from before maps were recorded have only their shard count:
+    // they were written with the hash map, version 1.
+    let recorded = match meta(catalog, "shard_map").await? {
+        Some(json) => serde_json::from_str::<RecordedMap>(&json).ok(),
+        None => meta(catalog, "shard_count")
+            .await?
+            .and_then(|n| n.parse::<u16>().ok())
+            .map(|shards| RecordedMap {
+                kind: scalestack_config::ShardMapKind::Hash,
+                shards,
+                version: 1,
+                ranges: Vec::new(),
+                regions: Vec::new(),
+            }),
+    };
+    if let Some(old) = &recorded
+        && *old != wanted
+    {
+        let old_map = old.map();
+        let next_user: i64 = catalog
+            .write("meta", async {
+                on_pool!(&catalog.primary.pool, p => sqlx::query_scalar(
+                    "SELECT next_value FROM id_sequences WHERE name = 'users'"
                 )
-                .await?;
-            Ok::<_, StoreError>(
-                payloads
-                    .iter()
-                    .filter_map(|p| serde_json::from_str::<OrderPlaced>(p).ok())
-                    .map(|event| (shard.name.clone(), event))
-                    .collect::<Vec<_>>(),
-            )
-        }))
-        .await?;
-        Ok(per_shard.into_iter().flatten().collect())
+                .fetch_one(p)
+                .await)
+            })
+            .await?;
+        let same_layout =
+            old_map.describe() == map.describe() && !old_map.moves_users(&map, i64::MAX);
+        if !same_layout {
+            let key = if old.shards != wanted.shards {
+                "store.shards"
+            } else {
+                "store.shard_map"
+            };
+            if old_map.moves_users(&map, next_user) {
+                return Err(StoreError::Layout {
+                    key,
+                    message: format!(
+                        "the data set was written with the map {} (version {}) and the config \
+                         describes {} (version {}); that would move existing users between \
+                         shards, which is not supported yet",
+                        old_map.describe(),
+                        old.version,
+                        map.describe(),
+                        wanted.version
+                    ),
+                });
+            }
+            if wanted.version <= old.version {
+                return Err(StoreError::Layout {
+                    key: "store.shard_map_version",
+                    message: format!(
+                        "the shard map changed from {} to {} but its version did not grow \
+                         (recorded {}, configured {}); raise store.shard_map_version",
+                        old_map.describe(),
+                        map.describe(),
+                        old.version,
+                        wanted.version
+                    ),
+                });
+            }
+            tracing::info!(
+                from = %old_map.describe(),
+                to = %map.describe(),
+                version = wanted.version,
+                "shard map changed without moving any user"
+            );
+        }
+    }
+    for (i, shard) in shards.iter().enumerate() {
+        match meta(shard, "shard_index").await? {
+            Some(recorded) if recorded != i.to_string() => {
+                return Err(StoreError::Layout {
+                    key: "store.shards",
+                    message: format!(
+                        "database {} holds shard {recorded}, but is listed as shard {i}",
+                        shard.name()
+                    ),
+                });
+            }
+            Some(_) => {}
+            None => meta_set(shard, "shard_index", &i.to_string()).await?,
+        }
+    }
+    if recorded.as_ref() != Some(&wanted) {
+        let json = serde_json::to_string(&wanted).expect("a map record serializes");
+        meta_set(catalog, "shard_map", &json).await?;
+        meta_set(catalog, "shard_count", &wanted.shards.to_string()).await?;
+    }
+    Ok(map)
+}
+
+/// Measures the replicas every `interval` while the store is alive.
+async fn monitor(store: Weak<Inner>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(inner) = store.upgrade() else { return };
+        Store { inner }.check_replicas().await;
     }
 }

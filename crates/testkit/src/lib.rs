@@ -11,6 +11,7 @@
 pub mod http;
 pub mod nats;
 pub mod ports;
+pub mod postgres;
 pub mod redis;
 pub mod stack;
 

@@ -17,6 +17,7 @@ mod bench_cache;
 mod bench_loadgen;
 mod bench_queue;
 mod bench_stack;
+mod bench_store;
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "scalestack developer tasks")]
@@ -58,6 +59,10 @@ enum Bench {
     /// CPU-second, HTTP/2, open-model accuracy, optionally callgrind
     /// instructions per request.
     Loadgen(bench_loadgen::Args),
+    /// The data tier on PostgreSQL: POST /orders per second on 1 and 2 shards
+    /// against pgbench running the same transaction, and GET /users/{id}
+    /// without the cache on the primary alone and with one replica.
+    Store(bench_store::Args),
 }
 
 /// The workspace root (xtask lives in `crates/xtask`).
@@ -96,6 +101,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // cluster tests also need redis-cli, which is in redis-tools.
     ("redis-server", "redis-server"),
     ("redis-cli", "redis-tools"),
+    // The store's and the app's PostgreSQL tests (testkit::postgres): the
+    // server programs are not on PATH, so their path is checked. The same
+    // package brings pgbench, which `cargo xtask bench store` runs.
+    ("/usr/lib/postgresql/15/bin/postgres", "postgresql"),
 ];
 
 /// Installs a Debian package when its program is missing.
@@ -160,6 +169,7 @@ fn main() -> Result<()> {
             Bench::Cache(args) => bench_cache::run(&args),
             Bench::Queue(args) => bench_queue::run(&args),
             Bench::Loadgen(args) => bench_loadgen::run(&args),
+            Bench::Store(args) => bench_store::run(&args),
         },
     }
 }

@@ -36,8 +36,30 @@ struct Inner<'a> {
     field: Option<&'a str>,
 }
 
+/// The error body, as the OpenAPI document describes it.
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(as = Error)]
+#[allow(dead_code)]
+pub struct ErrorDoc {
+    /// What went wrong.
+    error: ErrorDetailDoc,
+}
+
+/// The inside of an error body.
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(as = ErrorDetail)]
+#[allow(dead_code)]
+pub struct ErrorDetailDoc {
+    /// Stable machine-readable code, e.g. `invalid_field`.
+    code: String,
+    /// Human-readable explanation.
+    message: String,
+    /// The request field (or header) at fault, when one is.
+    field: Option<String>,
+}
+
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -75,6 +97,16 @@ impl ApiError {
             message,
         )
         .with_field(field)
+    }
+
+    /// 409: the request conflicts with one in progress.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// 406: no representation the client accepts.
+    pub fn not_acceptable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_ACCEPTABLE, "not_acceptable", message)
     }
 
     /// 413: the body is larger than allowed.
@@ -119,7 +151,7 @@ impl IntoResponse for ApiError {
             self.body(),
         )
             .into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status == StatusCode::CONFLICT {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -138,6 +138,20 @@ pub struct ListQuery {
     pub limit: Option<u32>,
     /// `cursor=...`: where the previous page ended.
     pub cursor: Option<String>,
+    /// Other allowed parameters (e.g. `status`, `since`), for the endpoint to
+    /// interpret, in the order given.
+    pub extra: Vec<(String, String)>,
+}
+
+impl ListQuery {
+    /// The value of an endpoint-specific parameter (the last one given).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.extra
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Parses the query string, accepting only the parameters in `allowed`.
@@ -182,7 +196,7 @@ pub fn parse_query(query: Option<&str>, allowed: &[&str]) -> Result<ListQuery, A
                 }
             },
             "cursor" => out.cursor = Some(value),
-            _ => unreachable!("checked against `allowed`"),
+            _ => out.extra.push((key, value)),
         }
     }
     Ok(out)
@@ -254,19 +268,37 @@ pub fn check_fields(requested: Option<&[String]>, known: &[&str]) -> Result<(), 
 /// Opaque page cursors: the last id of a page, tagged with its list so that a
 /// cursor of one list is refused by another.
 pub fn encode_cursor(tag: &str, last_id: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{tag}:{last_id}"))
+    encode_cursor_text(tag, &last_id.to_string())
 }
 
 /// Decodes a cursor made by [`encode_cursor`] with the same `tag`.
 pub fn decode_cursor(tag: &str, cursor: &str) -> Result<i64, ApiError> {
-    let invalid = || ApiError::invalid_field("cursor", "cursor is not one this list issued");
-    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
-    let text = String::from_utf8(raw).map_err(|_| invalid())?;
-    let (got_tag, id) = text.split_once(':').ok_or_else(invalid)?;
+    decode_cursor_text(tag, cursor)?
+        .parse()
+        .map_err(|_| invalid_cursor())
+}
+
+fn invalid_cursor() -> ApiError {
+    ApiError::invalid_field("cursor", "cursor is not one this list issued")
+}
+
+/// An opaque cursor carrying `payload` (anything the list needs to resume),
+/// tagged with its list.
+pub fn encode_cursor_text(tag: &str, payload: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{tag}:{payload}"))
+}
+
+/// The payload of a cursor made by [`encode_cursor_text`] with the same `tag`.
+pub fn decode_cursor_text(tag: &str, cursor: &str) -> Result<String, ApiError> {
+    let raw = URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| invalid_cursor())?;
+    let text = String::from_utf8(raw).map_err(|_| invalid_cursor())?;
+    let (got_tag, payload) = text.split_once(':').ok_or_else(invalid_cursor)?;
     if got_tag != tag {
-        return Err(invalid());
+        return Err(invalid_cursor());
     }
-    id.parse().map_err(|_| invalid())
+    Ok(payload.to_owned())
 }
 
 #[cfg(test)]

@@ -1,43 +1,51 @@
 //! The HTTP API of the reference service (`scalestack api`).
 //!
-//! Users and their orders live on user shards, products in the catalog; reads
-//! of users and products are cache-aside through the process's L1 cache, and a
-//! write invalidates the entry it changed on this instance. Every error is a
-//! JSON body naming the problem (see [`error`]).
+//! One module per resource ([`users`], [`products`], [`orders`], [`admin`])
+//! plus the operations endpoints ([`ops`]); each registers its routes with
+//! their OpenAPI documentation ([`openapi`]). Users and their orders live on
+//! user shards, products in the catalog; reads of users and products are
+//! cache-aside through the process's L1 cache unless the request carries a
+//! consistency token for their database ([`consistency`]), and a write
+//! invalidates the entry it changed on this instance. Responses go through
+//! [`representation`] (format, ETag, compression); every error is a JSON
+//! body naming the problem ([`error`]).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use scalestack_cache::{Cache, Resource};
 use scalestack_config::{ApiConfig, Config};
-use scalestack_store::{
-    NewOrder, NewProduct, NewUser, ProductRecord, Store, StoreError, UserPatch, UserRecord,
-};
-use scalestack_telemetry::health::{Check, HealthReport};
-use serde::Deserialize;
+use scalestack_store::{Consistency, DbId, ProductRecord, Store, UserRecord, ids};
 use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
 
+pub mod admin;
+pub mod consistency;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
+pub mod openapi;
+pub mod ops;
+pub mod orders;
+pub mod products;
+pub mod representation;
+pub mod users;
 pub mod views;
 
+use consistency::Tokens;
 use error::ApiError;
-use extract::{Id, JsonBody, check_fields, decode_cursor, encode_cursor, parse_query};
-use views::{
-    ORDER_FIELDS, OrderView, PRODUCT_FIELDS, Page, ProductView, USER_FIELDS, UserView,
-    json_response, project, resource_response,
-};
+use extract::encode_cursor;
+use views::json_response;
+
+pub use orders::MAX_ORDER_QUANTITY;
 
 use crate::AppError;
-use crate::http::{
-    HEALTH_CHECK_TIMEOUT, bind, health_response, metrics_response, record_metrics, serve,
-    store_checks,
-};
+use crate::http::{bind, record_metrics, serve};
 
 /// Everything a request handler needs; cheap to clone.
 #[derive(Debug, Clone)]
@@ -49,6 +57,7 @@ pub struct AppState {
     config: Arc<ApiConfig>,
     instance: Arc<str>,
     started: Instant,
+    inflight: idempotency::InFlight,
 }
 
 impl AppState {
@@ -67,6 +76,8 @@ impl AppState {
             config.cache.products.ttl,
             |p: &ProductRecord| p.name.len() + p.description.len(),
         );
+        representation::describe_metrics();
+        idempotency::describe_metrics();
         Self {
             store,
             cache,
@@ -75,6 +86,7 @@ impl AppState {
             config: Arc::new(config.api.clone()),
             instance: instance.into(),
             started: Instant::now(),
+            inflight: idempotency::InFlight::default(),
         }
     }
 
@@ -84,50 +96,110 @@ impl AppState {
             .min(self.config.max_page_limit)
     }
 
-    async fn user(&self, id: i64) -> Result<Option<Arc<UserRecord>>, ApiError> {
+    /// The database of user `id`.
+    fn user_db(&self, id: i64) -> DbId {
+        let shard = self.store.shard_map().shard_of_user(id);
+        DbId::Shard(u16::try_from(shard).unwrap_or(u16::MAX))
+    }
+
+    /// The database of order `id`, when the id is one we issue.
+    fn order_db(&self, id: i64) -> Option<DbId> {
+        let bucket = ids::order_bucket(id)?;
+        let shard = self.store.shard_map().shard_of_bucket(bucket);
+        Some(DbId::Shard(u16::try_from(shard).unwrap_or(u16::MAX)))
+    }
+
+    /// A user: from the cache, or, when the request holds a token for the
+    /// user's shard, from a database that has the token's write.
+    async fn user(&self, id: i64, tokens: &Tokens) -> Result<Option<Arc<UserRecord>>, ApiError> {
         if id <= 0 {
             return Ok(None);
         }
-        Ok(self.users.get_or_load(id, self.store.get_user(id)).await?)
+        let db = self.user_db(id);
+        if tokens.covers(db) {
+            let user = self.store.get_user(id, tokens.for_db(db)).await?;
+            return Ok(user.map(Arc::new));
+        }
+        Ok(self
+            .users
+            .get_or_load(id, self.store.get_user(id, Consistency::Eventual))
+            .await?)
     }
 
-    async fn product(&self, id: i64) -> Result<Option<Arc<ProductRecord>>, ApiError> {
+    /// A product, the same way as [`user`](Self::user).
+    async fn product(
+        &self,
+        id: i64,
+        tokens: &Tokens,
+    ) -> Result<Option<Arc<ProductRecord>>, ApiError> {
         if id <= 0 {
             return Ok(None);
+        }
+        if tokens.covers(DbId::Catalog) {
+            let product = self
+                .store
+                .get_product(id, tokens.for_db(DbId::Catalog))
+                .await?;
+            return Ok(product.map(Arc::new));
         }
         Ok(self
             .products
-            .get_or_load(id, self.store.get_product(id))
+            .get_or_load(id, self.store.get_product(id, Consistency::Eventual))
             .await?)
+    }
+
+    /// A product a write depends on: from the cache, but a miss is confirmed
+    /// on the primary, so that a replica's lag cannot make a new product look
+    /// missing.
+    async fn product_for_write(&self, id: i64) -> Result<Option<Arc<ProductRecord>>, ApiError> {
+        if let Some(product) = self.product(id, &Tokens::default()).await? {
+            return Ok(Some(product));
+        }
+        if id <= 0 {
+            return Ok(None);
+        }
+        let product = self.store.get_product(id, Consistency::Primary).await?;
+        Ok(product.map(Arc::new))
     }
 }
 
-/// The api's routes, with metrics, panic catching and the body limit.
+/// The documented resource routes (everything but the operations endpoints).
+pub(crate) fn resource_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(users::routes())
+        .merge(products::routes())
+        .merge(orders::routes())
+        .merge(admin::routes())
+}
+
+/// The api's routes, with representation (format, ETag, compression),
+/// metrics, panic catching and the body limit.
 pub fn router(state: AppState) -> Router {
     let body_limit = usize::try_from(state.config.max_request_body).unwrap_or(usize::MAX);
+    let (resources, _) = resource_routes().split_for_parts();
+    let (ops, _) = ops::routes().split_for_parts();
+    // The entity tag is computed over the negotiated representation, so the
+    // format layer is inside the tag layer.
+    let resources = resources
+        .layer(axum::middleware::from_fn(representation::negotiate_format))
+        .layer(axum::middleware::from_fn(representation::conditional_get));
     Router::new()
-        .route("/users", axum::routing::post(create_user))
-        .route("/users/{id}", get(get_user).patch(patch_user))
-        .route("/users/{id}/orders", get(list_user_orders))
-        .route("/products", get(list_products).post(create_product))
-        .route("/products/{id}", get(get_product))
-        .route("/orders", axum::routing::post(create_order))
-        .route("/orders/{id}", get(get_order))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .merge(resources)
+        .merge(ops)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(representation::compression())
+        .layer(axum::middleware::from_fn(representation::count_encodings))
         .layer(axum::middleware::from_fn(record_metrics))
         .layer(CatchPanicLayer::custom(|_panic| {
             tracing::error!("a request handler panicked");
-            let e = ApiError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                code: "internal",
-                message: "internal error".into(),
-                field: None,
-            };
-            e.into_response()
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+            .into_response()
         }))
         .with_state(state)
 }
@@ -153,42 +225,7 @@ pub async fn run(
     result
 }
 
-// === request bodies ===
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateUser {
-    email: String,
-    name: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PatchUser {
-    email: Option<String>,
-    name: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateProduct {
-    name: String,
-    #[serde(default)]
-    description: String,
-    price_cents: i64,
-    stock: i64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateOrder {
-    user_id: i64,
-    product_id: i64,
-    quantity: i64,
-}
-
-/// Most units of one product in one order.
-pub const MAX_ORDER_QUANTITY: i64 = 1_000;
+// === validation ===
 
 fn validate_email(email: &str) -> Result<(), ApiError> {
     let well_formed = email.len() <= 254
@@ -226,108 +263,13 @@ fn validate_range(field: &str, value: i64, min: i64, max: i64) -> Result<(), Api
     }
 }
 
+/// A 201 with `Location`.
 fn created(location: &str, body: &impl serde::Serialize) -> Response {
     let mut response = json_response(StatusCode::CREATED, body);
     if let Ok(value) = HeaderValue::from_str(location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
     response
-}
-
-// === users ===
-
-async fn create_user(
-    State(s): State<AppState>,
-    JsonBody(body): JsonBody<CreateUser>,
-) -> Result<Response, ApiError> {
-    validate_email(&body.email)?;
-    validate_text("name", &body.name, 1, 200)?;
-    let user = s
-        .store
-        .create_user(&NewUser {
-            email: body.email,
-            name: body.name,
-        })
-        .await?;
-    Ok(created(
-        &format!("/users/{}", user.id),
-        &UserView::from(&user),
-    ))
-}
-
-async fn get_user(
-    State(s): State<AppState>,
-    Id(id): Id,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let q = parse_query(q.as_deref(), &["fields"])?;
-    check_fields(q.fields.as_deref(), USER_FIELDS)?;
-    let user = s
-        .user(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("user {id} does not exist")))?;
-    Ok(resource_response(
-        StatusCode::OK,
-        &UserView::from(&*user),
-        q.fields.as_deref(),
-    ))
-}
-
-async fn patch_user(
-    State(s): State<AppState>,
-    Id(id): Id,
-    JsonBody(body): JsonBody<PatchUser>,
-) -> Result<Response, ApiError> {
-    if body.email.is_none() && body.name.is_none() {
-        return Err(ApiError::bad_request(
-            "empty_patch",
-            "a patch must change at least one of: email, name",
-        ));
-    }
-    if let Some(email) = &body.email {
-        validate_email(email)?;
-    }
-    if let Some(name) = &body.name {
-        validate_text("name", name, 1, 200)?;
-    }
-    let patch = UserPatch {
-        email: body.email,
-        name: body.name,
-    };
-    let updated = if id > 0 {
-        s.store.update_user(id, &patch).await?
-    } else {
-        None
-    };
-    // Invalidate even when the row is gone: a stale entry must not outlive a write.
-    s.users.invalidate(id).await;
-    let user = updated.ok_or_else(|| ApiError::not_found(format!("user {id} does not exist")))?;
-    Ok(json_response(StatusCode::OK, &UserView::from(&user)))
-}
-
-async fn list_user_orders(
-    State(s): State<AppState>,
-    Id(id): Id,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let q = parse_query(q.as_deref(), &["fields", "limit", "cursor"])?;
-    check_fields(q.fields.as_deref(), ORDER_FIELDS)?;
-    let before = q
-        .cursor
-        .as_deref()
-        .map(|c| decode_cursor("o", c))
-        .transpose()?;
-    let limit = s.page_limit(q.limit);
-    if s.user(id).await?.is_none() {
-        return Err(ApiError::not_found(format!("user {id} does not exist")));
-    }
-    let mut rows = s.store.list_user_orders(id, before, limit + 1).await?;
-    let next_cursor = next_cursor(&mut rows, limit, |o| o.id, "o");
-    let data = rows
-        .iter()
-        .map(|o| project(&OrderView::from(o), q.fields.as_deref()))
-        .collect();
-    Ok(json_response(StatusCode::OK, &Page { data, next_cursor }))
 }
 
 /// Trims a `limit + 1` fetch to `limit` rows and returns the cursor of the next
@@ -344,170 +286,6 @@ fn next_cursor<T>(
     } else {
         None
     }
-}
-
-// === products ===
-
-async fn create_product(
-    State(s): State<AppState>,
-    JsonBody(body): JsonBody<CreateProduct>,
-) -> Result<Response, ApiError> {
-    validate_text("name", &body.name, 1, 200)?;
-    validate_text("description", &body.description, 0, 2_000)?;
-    validate_range("price_cents", body.price_cents, 0, 1_000_000_000_000)?;
-    validate_range("stock", body.stock, 0, 1_000_000_000)?;
-    let product = s
-        .store
-        .create_product(&NewProduct {
-            name: body.name,
-            description: body.description,
-            price_cents: body.price_cents,
-            stock: body.stock,
-        })
-        .await?;
-    Ok(created(
-        &format!("/products/{}", product.id),
-        &ProductView::from(&product),
-    ))
-}
-
-async fn get_product(
-    State(s): State<AppState>,
-    Id(id): Id,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let q = parse_query(q.as_deref(), &["fields"])?;
-    check_fields(q.fields.as_deref(), PRODUCT_FIELDS)?;
-    let product = s
-        .product(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("product {id} does not exist")))?;
-    Ok(resource_response(
-        StatusCode::OK,
-        &ProductView::from(&*product),
-        q.fields.as_deref(),
-    ))
-}
-
-async fn list_products(
-    State(s): State<AppState>,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let q = parse_query(q.as_deref(), &["fields", "limit", "cursor"])?;
-    check_fields(q.fields.as_deref(), PRODUCT_FIELDS)?;
-    let after = q
-        .cursor
-        .as_deref()
-        .map(|c| decode_cursor("p", c))
-        .transpose()?;
-    let limit = s.page_limit(q.limit);
-    let mut rows = s.store.list_products(after, limit + 1).await?;
-    let next_cursor = next_cursor(&mut rows, limit, |p| p.id, "p");
-    let data = rows
-        .iter()
-        .map(|p| project(&ProductView::from(p), q.fields.as_deref()))
-        .collect();
-    Ok(json_response(StatusCode::OK, &Page { data, next_cursor }))
-}
-
-// === orders ===
-
-async fn create_order(
-    State(s): State<AppState>,
-    JsonBody(body): JsonBody<CreateOrder>,
-) -> Result<Response, ApiError> {
-    validate_range("quantity", body.quantity, 1, MAX_ORDER_QUANTITY)?;
-    if s.user(body.user_id).await?.is_none() {
-        return Err(ApiError::unprocessable(
-            "user_id",
-            format!("user {} does not exist", body.user_id),
-        ));
-    }
-    let product = s.product(body.product_id).await?.ok_or_else(|| {
-        ApiError::unprocessable(
-            "product_id",
-            format!("product {} does not exist", body.product_id),
-        )
-    })?;
-    let order = s
-        .store
-        .create_order(&NewOrder {
-            user_id: body.user_id,
-            product_id: product.id,
-            quantity: body.quantity,
-            unit_price_cents: product.price_cents,
-        })
-        .await
-        .map_err(|e| match e {
-            // The user vanished between the check and the write.
-            StoreError::Missing { entity, id } => {
-                ApiError::unprocessable("user_id", format!("{entity} {id} does not exist"))
-            }
-            other => other.into(),
-        })?;
-    Ok(created(
-        &format!("/orders/{}", order.id),
-        &OrderView::from(&order),
-    ))
-}
-
-async fn get_order(
-    State(s): State<AppState>,
-    Id(id): Id,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let q = parse_query(q.as_deref(), &["fields"])?;
-    check_fields(q.fields.as_deref(), ORDER_FIELDS)?;
-    let order = s
-        .store
-        .get_order(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("order {id} does not exist")))?;
-    Ok(resource_response(
-        StatusCode::OK,
-        &OrderView::from(&order),
-        q.fields.as_deref(),
-    ))
-}
-
-// === operations ===
-
-async fn health(State(s): State<AppState>) -> Response {
-    let mut checks = store_checks(&s.store).await;
-    checks.push(Check::run("cache.l1", HEALTH_CHECK_TIMEOUT, cache_probe(&s.cache)).await);
-    let report = HealthReport::new("api", &s.instance, s.started.elapsed(), checks);
-    health_response(&report)
-}
-
-/// Writes and reads back a probe entry: the cache answers and keeps values.
-async fn cache_probe(cache: &Cache) -> Result<(), String> {
-    if !cache.is_enabled() {
-        return Ok(());
-    }
-    let probe = cache.resource::<u64>("health", std::time::Duration::from_secs(5), |_| 0);
-    let token = rand_token();
-    probe.insert(0, Arc::new(token)).await;
-    let read = probe
-        .get_or_load(0, async { Ok::<_, String>(None) })
-        .await
-        .map_err(|e| e.to_string())?;
-    match read {
-        Some(v) if *v == token => Ok(()),
-        _ => Err("the cache did not return the value just written".into()),
-    }
-}
-
-fn rand_token() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
-}
-
-async fn metrics(State(s): State<AppState>) -> Response {
-    s.cache.update_gauges();
-    let metrics = scalestack_telemetry::metrics::install("api", &s.instance);
-    metrics_response(metrics.render())
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

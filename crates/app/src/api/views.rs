@@ -1,11 +1,15 @@
 //! The JSON representation of each resource, with `?fields=` projection.
+//!
+//! The views are also the OpenAPI schemas of the resources (utoipa), so the
+//! published document cannot drift from what the handlers send.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use scalestack_store::{OrderRecord, ProductRecord, UserRecord};
+use scalestack_store::{OrderRecord, OutboxRow, ProductRecord, UserRecord};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::ToSchema;
 
 /// Fields of a user, in output order.
 pub const USER_FIELDS: &[&str] = &["id", "email", "name", "created_at", "updated_at"];
@@ -32,7 +36,7 @@ pub const ORDER_FIELDS: &[&str] = &[
 ];
 
 /// Milliseconds since the epoch as an RFC 3339 timestamp in UTC.
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
@@ -40,12 +44,20 @@ fn rfc3339(ms: i64) -> String {
 }
 
 /// A user as the api shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = User)]
 pub struct UserView<'a> {
+    /// Global user id.
     id: i64,
+    /// Contact address.
     email: &'a str,
+    /// Display name.
     name: &'a str,
+    /// Creation time (RFC 3339, UTC).
+    #[schema(format = DateTime)]
     created_at: String,
+    /// Last change (RFC 3339, UTC).
+    #[schema(format = DateTime)]
     updated_at: String,
 }
 
@@ -62,14 +74,24 @@ impl<'a> From<&'a UserRecord> for UserView<'a> {
 }
 
 /// A product as the api shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Product)]
 pub struct ProductView<'a> {
+    /// Product id.
     id: i64,
+    /// Name.
     name: &'a str,
+    /// Free text.
     description: &'a str,
+    /// Price in cents.
     price_cents: i64,
+    /// Units in stock.
     stock: i64,
+    /// Creation time (RFC 3339, UTC).
+    #[schema(format = DateTime)]
     created_at: String,
+    /// Last change (RFC 3339, UTC).
+    #[schema(format = DateTime)]
     updated_at: String,
 }
 
@@ -88,15 +110,25 @@ impl<'a> From<&'a ProductRecord> for ProductView<'a> {
 }
 
 /// An order as the api shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Order)]
 pub struct OrderView<'a> {
+    /// Order id; the shard can be told from it alone.
     id: i64,
+    /// The user who ordered.
     user_id: i64,
+    /// The product ordered.
     product_id: i64,
+    /// Units ordered.
     quantity: i64,
+    /// Price per unit when the order was placed, in cents.
     unit_price_cents: i64,
+    /// `quantity * unit_price_cents`.
     total_cents: i64,
+    /// `placed` when written; later stages are the worker's.
     status: &'a str,
+    /// Creation time (RFC 3339, UTC).
+    #[schema(format = DateTime)]
     created_at: String,
 }
 
@@ -111,6 +143,45 @@ impl<'a> From<&'a OrderRecord> for OrderView<'a> {
             total_cents: o.total_cents,
             status: &o.status,
             created_at: rfc3339(o.created_at),
+        }
+    }
+}
+
+/// An outbox row as the admin listing shows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = OutboxRow)]
+pub struct OutboxRowView<'a> {
+    /// Index of the shard the row lives on.
+    shard: u16,
+    /// Row id, increasing within the shard.
+    id: i64,
+    /// Topic the event goes to.
+    topic: &'a str,
+    /// Partitioning key.
+    key: &'a str,
+    /// The event.
+    #[schema(value_type = Object)]
+    payload: serde_json::Value,
+    /// When it was written (RFC 3339, UTC).
+    #[schema(format = DateTime)]
+    created_at: String,
+    /// When the relay published it; null while it waits.
+    #[schema(format = DateTime)]
+    sent_at: Option<String>,
+}
+
+impl<'a> From<&'a OutboxRow> for OutboxRowView<'a> {
+    fn from(r: &'a OutboxRow) -> Self {
+        Self {
+            shard: r.shard,
+            id: r.id,
+            topic: &r.topic,
+            key: &r.key,
+            // A payload that is not JSON is shown as a string rather than hidden.
+            payload: serde_json::from_str(&r.payload)
+                .unwrap_or_else(|_| serde_json::Value::String(r.payload.clone())),
+            created_at: rfc3339(r.created_at),
+            sent_at: r.sent_at.map(rfc3339),
         }
     }
 }

@@ -1,0 +1,151 @@
+//! `/products`: the catalog — create, read (cache-aside, projected), list.
+
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use scalestack_store::{DbId, NewProduct};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::consistency::{Tokens, attach};
+use super::error::{ApiError, ErrorDoc};
+use super::extract::{Id, JsonBody, check_fields, decode_cursor, parse_query};
+use super::openapi::ProductPage;
+use super::views::{PRODUCT_FIELDS, Page, ProductView, json_response, project, resource_response};
+use super::{AppState, created, next_cursor, validate_range, validate_text};
+
+/// The routes of this module.
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_products, create_product))
+        .routes(routes!(get_product))
+}
+
+/// A product to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateProduct {
+    /// Name, 1 to 200 characters.
+    name: String,
+    /// Free text, up to 2,000 characters.
+    #[serde(default)]
+    description: String,
+    /// Price in cents, 0 to 10^12.
+    price_cents: i64,
+    /// Units in stock, 0 to 10^9.
+    stock: i64,
+}
+
+/// Creates a product in the catalog.
+#[utoipa::path(
+    post, path = "/products", tag = "products",
+    request_body = CreateProduct,
+    responses(
+        (status = 201, description = "Created", body = ProductView,
+            headers(
+                ("Location" = String, description = "The new product's URL"),
+                ("Consistency-Token" = String, description = "Send back on reads to see this write"),
+            )),
+        (status = 400, description = "Malformed body or invalid field", body = ErrorDoc),
+    )
+)]
+pub(crate) async fn create_product(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody<CreateProduct>,
+) -> Result<Response, ApiError> {
+    validate_text("name", &body.name, 1, 200)?;
+    validate_text("description", &body.description, 0, 2_000)?;
+    validate_range("price_cents", body.price_cents, 0, 1_000_000_000_000)?;
+    validate_range("stock", body.stock, 0, 1_000_000_000)?;
+    let written = s
+        .store
+        .create_product(&NewProduct {
+            name: body.name,
+            description: body.description,
+            price_cents: body.price_cents,
+            stock: body.stock,
+        })
+        .await?;
+    let product = &written.value;
+    let mut response = created(
+        &format!("/products/{}", product.id),
+        &ProductView::from(product),
+    );
+    attach(&mut response, written.token);
+    Ok(response)
+}
+
+/// Reads a product, optionally only some fields.
+#[utoipa::path(
+    get, path = "/products/{id}", tag = "products",
+    params(
+        ("id" = i64, Path, description = "Product id"),
+        ("fields" = Option<String>, Query, description = "Comma-separated fields to return"),
+    ),
+    responses(
+        (status = 200, description = "The product", body = ProductView,
+            headers(("ETag" = String, description = "Weak entity tag of the representation"))),
+        (status = 304, description = "Unchanged since the given ETag"),
+        (status = 400, description = "Bad id, unknown parameter or field", body = ErrorDoc),
+        (status = 404, description = "No such product", body = ErrorDoc),
+    )
+)]
+pub(crate) async fn get_product(
+    State(s): State<AppState>,
+    Id(id): Id,
+    tokens: Tokens,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = parse_query(q.as_deref(), &["fields"])?;
+    check_fields(q.fields.as_deref(), PRODUCT_FIELDS)?;
+    let product = s
+        .product(id, &tokens)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("product {id} does not exist")))?;
+    Ok(resource_response(
+        StatusCode::OK,
+        &ProductView::from(&*product),
+        q.fields.as_deref(),
+    ))
+}
+
+/// A page of products in id order.
+#[utoipa::path(
+    get, path = "/products", tag = "products",
+    params(
+        ("limit" = Option<u32>, Query, description = "Page size (capped at api.max_page_limit)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("fields" = Option<String>, Query, description = "Comma-separated fields to return"),
+    ),
+    responses(
+        (status = 200, description = "A page of products", body = ProductPage),
+        (status = 304, description = "Unchanged since the given ETag"),
+        (status = 400, description = "Bad parameter or cursor", body = ErrorDoc),
+    )
+)]
+pub(crate) async fn list_products(
+    State(s): State<AppState>,
+    tokens: Tokens,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = parse_query(q.as_deref(), &["fields", "limit", "cursor"])?;
+    check_fields(q.fields.as_deref(), PRODUCT_FIELDS)?;
+    let after = q
+        .cursor
+        .as_deref()
+        .map(|c| decode_cursor("p", c))
+        .transpose()?;
+    let limit = s.page_limit(q.limit);
+    let mut rows = s
+        .store
+        .list_products(after, limit + 1, tokens.for_db(DbId::Catalog))
+        .await?;
+    let next_cursor = next_cursor(&mut rows, limit, |p| p.id, "p");
+    let data = rows
+        .iter()
+        .map(|p| project(&ProductView::from(p), q.fields.as_deref()))
+        .collect();
+    Ok(json_response(StatusCode::OK, &Page { data, next_cursor }))
+}
