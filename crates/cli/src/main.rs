@@ -219,15 +219,26 @@ fn main() -> Result<()> {
                 },
             )
         }
-        Command::Gateway { config } => {
-            let config = load_config(&config)?;
+        Command::Gateway { config: args } => {
+            let config = load_config(&args)?;
             serve(
                 "gateway",
                 "gateway",
-                config.gateway.threads,
+                // The gateway runs a worker thread of its own per core
+                // (gateway.threads); this runtime only serves its admin port
+                // and health checks.
+                1,
                 &config,
                 |config, shutdown| async move {
-                    let gateway = scalestack_gateway::Gateway::bind(&config.gateway).await?;
+                    // SIGHUP and an empty admin reload re-read the configuration.
+                    let reload: scalestack_gateway::ReloadSource = std::sync::Arc::new(move || {
+                        load_config(&args)
+                            .map(|config| config.gateway)
+                            .map_err(|e| format!("{e:#}"))
+                    });
+                    let gateway = scalestack_gateway::Gateway::bind(&config.gateway)
+                        .await?
+                        .with_reload_source(reload);
                     tracing::info!(listen = %gateway.local_addr(), admin = %gateway.admin_addr(), "gateway serving");
                     Ok(gateway.serve(shutdown).await?)
                 },

@@ -13,7 +13,7 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
-/// Why the gateway could not start.
+/// Why the gateway could not start (or reload).
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     /// A listener could not be bound.
@@ -26,18 +26,30 @@ pub enum GatewayError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// No upstream endpoint is configured, so there is nothing to proxy to.
-    #[error(
-        "gateway: gateway.upstream.endpoints is empty: list at least one host:port to proxy to"
-    )]
-    NoEndpoints,
+    /// A pool has no endpoint, so there is nothing to proxy to.
+    #[error("gateway: {key} is empty: list at least one host:port to proxy to")]
+    NoEndpoints {
+        /// The config key of the empty list, e.g. `gateway.pools[0].endpoints`.
+        key: String,
+    },
     /// An endpoint is not a `host:port`.
-    #[error("gateway: gateway.upstream.endpoints[{index}] = \"{value}\" is not host:port")]
+    #[error("gateway: {key} = \"{value}\" is not host:port")]
     InvalidEndpoint {
-        /// Position in the list.
-        index: usize,
+        /// The config key, e.g. `gateway.pools[0].endpoints[1]`.
+        key: String,
         /// The rejected value.
         value: String,
+    },
+    /// The configuration is invalid; the message names the key and value.
+    #[error("gateway: {0}")]
+    Config(String),
+    /// The worker threads could not be started.
+    #[error("gateway: cannot start worker thread {index}: {source}")]
+    Thread {
+        /// Which worker.
+        index: usize,
+        /// What the OS said.
+        source: std::io::Error,
     },
 }
 
@@ -48,70 +60,73 @@ pub enum GatewayError {
 pub(crate) enum UpstreamErrorKind {
     /// No connection could be opened: the request was never sent.
     Connect,
-    /// The endpoint sent no response head within `request_timeout`.
+    /// A pooled connection closed before the request was written: it was
+    /// never sent either.
+    Unsent,
+    /// The endpoint sent no response head within `first_byte_timeout`.
     Timeout,
-    /// Anything else: the connection broke while the request was sent or
-    /// before the response head arrived, or the response was malformed.
+    /// The connection broke after the request went out, or the response
+    /// was malformed.
     Other,
+    /// The endpoint answered with a status the pool retries (502/503/504).
+    Status,
 }
 
 impl UpstreamErrorKind {
-    /// Classifies an error of the upstream client.
-    pub(crate) fn of(error: &hyper_util::client::legacy::Error) -> Self {
-        if error.is_connect() {
-            Self::Connect
-        } else {
-            Self::Other
-        }
-    }
+    /// Every kind, in [`UpstreamErrorKind::index`] order.
+    #[cfg(test)]
+    pub(crate) const ALL: [Self; 5] = [
+        Self::Connect,
+        Self::Unsent,
+        Self::Timeout,
+        Self::Other,
+        Self::Status,
+    ];
 
     /// The `kind` label of `scalestack_gateway_upstream_errors_total`.
     pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Connect => "connect",
+            Self::Unsent => "unsent",
             Self::Timeout => "timeout",
             Self::Other => "other",
+            Self::Status => "status",
         }
     }
 
-    /// A distinct position below 3, for arrays of metric handles.
+    /// A distinct position below 5, for arrays of metric handles.
     pub(crate) fn index(self) -> usize {
         match self {
             Self::Connect => 0,
-            Self::Timeout => 1,
-            Self::Other => 2,
+            Self::Unsent => 1,
+            Self::Timeout => 2,
+            Self::Other => 3,
+            Self::Status => 4,
         }
     }
 
-    /// Whether the request may be sent to another endpoint.
+    /// Whether the request may be sent to another endpoint, given whether
+    /// replaying it is safe (`replayable`: an idempotent method or an
+    /// `Idempotency-Key`, and a body the gateway still has).
     ///
-    /// A request that never left is safe to replay whatever its method. A
-    /// request that may have reached the endpoint is replayed only when its
-    /// method is idempotent (the rule of NGINX's `proxy_next_upstream`); this
-    /// also covers the race of a pooled keep-alive connection that the
-    /// endpoint closed just as the request went out. A timeout is not
+    /// A request that never left is safe to send elsewhere whatever it is.
+    /// One that may have reached the endpoint is replayed only when that is
+    /// safe (the rule of NGINX's `proxy_next_upstream`). A timeout is not
     /// retried: the endpoint may still be working on it, and replaying slow
-    /// requests multiplies the load exactly when the upstreams are struggling.
-    pub(crate) fn may_retry(self, idempotent: bool) -> bool {
+    /// requests multiplies the load exactly when the upstreams struggle.
+    pub(crate) fn may_retry(self, replayable: bool) -> bool {
         match self {
-            Self::Connect => true,
-            Self::Other => idempotent,
+            Self::Connect | Self::Unsent => true,
+            Self::Other | Self::Status => replayable,
             Self::Timeout => false,
         }
     }
 
-    /// Whether the failure is proof that the endpoint is down (passive health).
-    ///
-    /// Only a refused or timed-out connect is: a broken keep-alive connection
-    /// or a slow answer says nothing certain about the next request.
-    pub(crate) fn marks_endpoint_down(self) -> bool {
-        self == Self::Connect
-    }
-
-    /// What the client gets when this was the last attempt.
+    /// What the client gets when this was the last attempt (a retryable
+    /// status is passed on as the endpoint sent it, not made up here).
     pub(crate) fn reject(self) -> Reject {
         match self {
-            Self::Connect | Self::Other => Reject::BadGateway,
+            Self::Connect | Self::Unsent | Self::Other | Self::Status => Reject::BadGateway,
             Self::Timeout => Reject::GatewayTimeout,
         }
     }
@@ -141,6 +156,16 @@ pub(crate) fn chain(error: &dyn std::error::Error) -> String {
 pub(crate) enum Reject {
     /// The request body is larger than `gateway.max_request_body`.
     PayloadTooLarge,
+    /// The request head is larger than `gateway.client.max_header_bytes`.
+    HeaderTooLarge,
+    /// The request has more than `gateway.client.max_headers` header lines.
+    TooManyHeaders,
+    /// The client did not send a whole head within the header read timeout.
+    RequestTimeout,
+    /// No route serves the request.
+    NoRoute,
+    /// A rate limit refused the request.
+    TooManyRequests,
     /// The request could not be read or cannot be forwarded.
     BadRequest(&'static str),
     /// The method is not served here (`CONNECT` tunnels; non-GET admin requests).
@@ -160,6 +185,12 @@ impl Reject {
     pub(crate) fn status(self) -> StatusCode {
         match self {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeaderTooLarge | Self::TooManyHeaders => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -173,6 +204,11 @@ impl Reject {
     pub(crate) fn code(self) -> &'static str {
         match self {
             Self::PayloadTooLarge => "payload_too_large",
+            Self::HeaderTooLarge => "header_too_large",
+            Self::TooManyHeaders => "too_many_headers",
+            Self::RequestTimeout => "request_timeout",
+            Self::NoRoute => "no_route",
+            Self::TooManyRequests => "rate_limited",
             Self::BadRequest(_) => "bad_request",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::NotFound => "not_found",
@@ -187,6 +223,13 @@ impl Reject {
     pub(crate) fn message(self) -> &'static str {
         match self {
             Self::PayloadTooLarge => "the request body is larger than this gateway accepts",
+            Self::HeaderTooLarge => "the request head is larger than this gateway accepts",
+            Self::TooManyHeaders => "the request has more header lines than this gateway accepts",
+            Self::RequestTimeout => "the request head did not arrive in time",
+            Self::NoRoute => "no route of this gateway serves this request",
+            Self::TooManyRequests => {
+                "too many requests: slow down and retry after Retry-After seconds"
+            }
             Self::BadRequest(why) => why,
             Self::MethodNotAllowed(why) => why,
             Self::NotFound => "no such path on the gateway's admin port",
@@ -198,11 +241,23 @@ impl Reject {
 
     /// The response: `{"error":{"code":"...","message":"..."}}` as JSON.
     pub(crate) fn response(self) -> Response<Full<Bytes>> {
-        let body = serde_json::json!({
-            "error": { "code": self.code(), "message": self.message() }
-        });
-        json_response(self.status(), body.to_string())
+        error_response(self.status(), self.code(), self.message(), None)
     }
+}
+
+/// A response in the project's error shape:
+/// `{"error":{"code":"...","message":"...","field":"..."}}` (`field` only when given).
+pub(crate) fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    field: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let mut error = serde_json::json!({ "code": code, "message": message });
+    if let Some(field) = field {
+        error["field"] = serde_json::Value::from(field);
+    }
+    json_response(status, serde_json::json!({ "error": error }).to_string())
 }
 
 /// A response with a JSON body.
@@ -234,15 +289,17 @@ mod tests {
     }
 
     #[test]
-    fn only_connect_errors_mark_down_and_timeouts_are_never_retried() {
+    fn unsent_requests_always_retry_and_timeouts_never() {
         use UpstreamErrorKind::*;
-        assert!(Connect.may_retry(false) && Connect.marks_endpoint_down());
+        assert!(Connect.may_retry(false));
+        assert!(Unsent.may_retry(false));
         assert!(Other.may_retry(true) && !Other.may_retry(false));
-        assert!(!Other.marks_endpoint_down());
-        assert!(!Timeout.may_retry(true) && !Timeout.marks_endpoint_down());
+        assert!(Status.may_retry(true) && !Status.may_retry(false));
+        assert!(!Timeout.may_retry(true));
         assert_eq!(Timeout.reject().status(), StatusCode::GATEWAY_TIMEOUT);
-        let indexes = [Connect.index(), Timeout.index(), Other.index()];
-        assert_eq!(indexes, [0, 1, 2]);
+        for (i, kind) in UpstreamErrorKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i);
+        }
     }
 
     #[test]
@@ -263,6 +320,10 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["error"]["code"], "bad_request");
         assert_eq!(json["error"]["message"], "say \"why\"");
+        assert!(json["error"].get("field").is_none());
+        let with_field = error_response(StatusCode::BAD_REQUEST, "invalid", "m", Some("f"));
+        let json: serde_json::Value = serde_json::from_slice(&body_of(with_field)).unwrap();
+        assert_eq!(json["error"]["field"], "f");
     }
 
     fn body_of(response: Response<Full<Bytes>>) -> Bytes {

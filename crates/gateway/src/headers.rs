@@ -16,32 +16,57 @@ pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-for
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The fixed hop-by-hop headers, `Connection` first.
+fn hop_by_hop() -> [&'static HeaderName; 7] {
+    [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+    ]
+}
+
 /// Removes hop-by-hop headers.
+///
+/// One pass over the names finds which are there, so that a message with
+/// none (most requests) or only `Connection` (most responses) costs one
+/// look at each name instead of seven removals.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // The headers that `Connection` names go first, while it is still there.
-    // Copying its values (cheap: they share the read buffer) lets us mutate
-    // the map; a message with several `Connection` lines is rare.
-    match headers.get_all(CONNECTION).iter().count() {
-        0 => {}
-        1 => {
-            if let Some(value) = headers.get(CONNECTION).cloned() {
-                remove_named(headers, &value);
-            }
+    let fixed = hop_by_hop();
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = fixed.iter().position(|hop| *hop == name) {
+            present |= 1 << i;
         }
-        _ => {
-            let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
-            for value in &values {
-                remove_named(headers, value);
+    }
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        // The headers that `Connection` names go first, while it is still
+        // there. Copying its values (cheap: they share the read buffer) lets
+        // us mutate the map; a message with several `Connection` lines is rare.
+        let mut values = headers.get_all(CONNECTION).iter();
+        match (values.next().cloned(), values.next().is_some()) {
+            (None, _) => {}
+            (Some(value), false) => remove_named(headers, &value),
+            (Some(_), true) => {
+                let values: Vec<HeaderValue> =
+                    headers.get_all(CONNECTION).iter().cloned().collect();
+                for value in &values {
+                    remove_named(headers, value);
+                }
             }
         }
     }
-    headers.remove(CONNECTION);
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(TE);
-    headers.remove(TRAILER);
-    headers.remove(TRANSFER_ENCODING);
-    headers.remove(UPGRADE);
+    for (i, name) in fixed.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
+    }
 }
 
 /// Removes every header named in one `Connection` value (`close, x-foo`).

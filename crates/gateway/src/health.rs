@@ -1,73 +1,72 @@
 //! Active health checks of the upstream endpoints, and the gateway's own
 //! health report.
 //!
-//! One task per endpoint sends `GET health_check.path` every
-//! `health_check.interval`; a 2xx answer within `health_check.timeout` passes.
-//! `fall` failures in a row take a healthy endpoint out of rotation, `rise`
-//! passes in a row put an unhealthy one back. With the default `fall = 1`, a
-//! dead instance stops getting traffic within one interval even when no
-//! request happens to discover it first (the proxy's connect failures mark
-//! endpoints down at once, see [`crate::upstream::Pool::mark_down`]).
+//! One task per endpoint sends `GET path` every `interval` (the pool's
+//! health check, else `gateway.health_check`), each on a fresh connection so
+//! that a dead endpoint is found even while pooled connections linger; a 2xx
+//! answer within `timeout` passes. `fall` failures in a row take a healthy
+//! endpoint out of rotation, `rise` passes in a row put an unhealthy one back.
+//! With the default `fall = 1`, a dead instance stops getting traffic within
+//! one interval even when no request happens to discover it first (the
+//! proxy's connect failures mark endpoints down at once, see
+//! [`crate::proxy::mark_down`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{CONNECTION, HOST};
 use http::{HeaderValue, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
 use scalestack_config::HealthCheckConfig;
 use scalestack_telemetry::health::{Check, HealthReport, Status};
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
-use crate::upstream::{Endpoint, Pool};
+use crate::clock;
+use crate::endpoint::Endpoint;
+use crate::table::Table;
 
 /// The name of an endpoint's check in the health report.
-pub(crate) fn check_name(endpoint: &str) -> String {
-    format!("upstream.{endpoint}")
+pub(crate) fn check_name(pool: &str, endpoint: &str) -> String {
+    format!("upstream.{pool}.{endpoint}")
 }
 
-/// Starts one checking task per endpoint; dropping the set stops them.
-pub(crate) fn spawn_checks(pool: &Arc<Pool>, config: &HealthCheckConfig) -> JoinSet<()> {
+/// Starts one checking task per endpoint of `table`; dropping the set stops them.
+pub(crate) fn spawn_checks(table: &Table) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
-    for index in 0..pool.len() {
-        tasks.spawn(check_loop(Arc::clone(pool), index, config.clone()));
+    for pool in &table.pools {
+        for endpoint in &pool.endpoints {
+            tasks.spawn(check_loop(Arc::clone(endpoint), pool.health_check.clone()));
+        }
     }
     tasks
 }
 
-async fn check_loop(pool: Arc<Pool>, index: usize, config: HealthCheckConfig) {
-    let endpoint = pool.endpoint(index);
-    let name = check_name(&endpoint.name);
-    let path = match config.path.parse::<http::uri::PathAndQuery>() {
-        Ok(path) => path,
-        Err(error) => {
-            // Config validation rejects such a path; without one there is
-            // nothing to check, and the endpoint keeps its passive verdicts.
-            tracing::error!(path = %config.path, %error, "invalid health check path");
-            return;
-        }
-    };
+async fn check_loop(endpoint: Arc<Endpoint>, config: HealthCheckConfig) {
+    let name = check_name(&endpoint.pool, &endpoint.name);
     let mut streak = Streak::new(config.rise, config.fall);
     // The first tick fires at once, so a dead endpoint is found right at start.
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let check = Check::run(name.clone(), config.timeout, probe(&pool, endpoint, &path)).await;
+        let check = Check::run(name.clone(), config.timeout, probe(&endpoint, &config.path)).await;
         let passed = check.status == Status::Ok;
         endpoint.metrics.health_check(passed);
         // The flag is read after the probe: a passive mark-down during the
         // probe must count as the state this result applies to.
         let change = streak.observe(endpoint.is_healthy(), passed);
         if let Some(healthy) = change
-            && endpoint.set_healthy(healthy)
+            && endpoint.set_healthy(healthy, clock::now())
         {
             if healthy {
-                tracing::info!(endpoint = %endpoint.name, "endpoint up");
+                tracing::info!(pool = %endpoint.pool, endpoint = %endpoint.name, "endpoint up");
             } else {
                 tracing::warn!(
+                    pool = %endpoint.pool,
                     endpoint = %endpoint.name,
                     error = check.error.as_deref().unwrap_or(""),
                     "endpoint down"
@@ -83,35 +82,42 @@ async fn check_loop(pool: Arc<Pool>, index: usize, config: HealthCheckConfig) {
 enum ProbeError {
     #[error("cannot build the request: {0}")]
     Request(#[from] http::Error),
+    #[error("connect: {0}")]
+    Connect(#[from] std::io::Error),
     #[error("{}", crate::error::chain(.0))]
-    Upstream(#[from] hyper_util::client::legacy::Error),
-    #[error("reading the body: {0}")]
-    Body(#[from] hyper::Error),
+    Http(#[from] hyper::Error),
     #[error("answered {0}")]
     Status(StatusCode),
 }
 
-/// One `GET` of the health path on the pooled client.
-async fn probe(
-    pool: &Pool,
-    endpoint: &Endpoint,
-    path: &http::uri::PathAndQuery,
-) -> Result<(), ProbeError> {
-    let uri = endpoint.uri(path.clone())?;
-    let host = HeaderValue::from_str(endpoint.authority().as_str())
-        .map_err(|e| ProbeError::Request(e.into()))?;
-    let request = Request::get(uri)
-        .header(HOST, host)
-        .body(Full::new(Bytes::new()))?;
-    let response = pool.client().request(request).await?;
-    let status = response.status();
-    // Reading the body to its end returns the connection to the pool.
-    response.into_body().collect().await?;
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(ProbeError::Status(status))
+/// One `GET path` on a connection of its own.
+async fn probe(endpoint: &Endpoint, path: &str) -> Result<(), ProbeError> {
+    let target = endpoint.authority.as_str();
+    let stream = match target.parse::<std::net::SocketAddr>() {
+        Ok(addr) => TcpStream::connect(addr).await?,
+        Err(_) => TcpStream::connect(target).await?,
+    };
+    stream.set_nodelay(true)?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
+    let connection = tokio::spawn(connection);
+    let request = Request::get(path)
+        .header(HOST, endpoint.host_header.clone())
+        .header(CONNECTION, HeaderValue::from_static("close"))
+        .body(Empty::new())?;
+    let result = async {
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        response.into_body().collect().await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(ProbeError::Status(status))
+        }
     }
+    .await;
+    connection.abort();
+    result
 }
 
 /// The rise/fall hysteresis of one endpoint.
@@ -171,12 +177,14 @@ impl Streak {
 }
 
 /// The gateway's `/health` report: one check per endpoint, showing whether
-/// it receives traffic. The gateway can serve while at least one endpoint is
-/// healthy, so that — not "every check passed" — decides the overall status.
-pub(crate) fn report(pool: &Pool, uptime: Duration) -> HealthReport {
-    let checks = pool
-        .endpoints()
+/// it receives traffic. The gateway can serve while every pool has an
+/// endpoint in rotation, so that — not "every check passed" — decides the
+/// overall status.
+pub(crate) fn report(table: &Table, uptime: Duration) -> HealthReport {
+    let checks = table
+        .pools
         .iter()
+        .flat_map(|pool| pool.endpoints.iter())
         .map(|endpoint| {
             let status = if endpoint.is_healthy() {
                 Status::Ok
@@ -186,7 +194,7 @@ pub(crate) fn report(pool: &Pool, uptime: Duration) -> HealthReport {
             match endpoint.last_check() {
                 Some(last) => Check { status, ..last },
                 None => Check {
-                    name: check_name(&endpoint.name),
+                    name: check_name(&endpoint.pool, &endpoint.name),
                     status,
                     latency_ms: 0.0,
                     error: None,
@@ -195,11 +203,11 @@ pub(crate) fn report(pool: &Pool, uptime: Duration) -> HealthReport {
         })
         .collect();
     let mut report = HealthReport::new(crate::COMPONENT, crate::COMPONENT, uptime, checks);
-    report.status = if pool.any_healthy() {
-        Status::Ok
-    } else {
-        Status::Fail
-    };
+    let serving = table
+        .pools
+        .iter()
+        .all(|pool| pool.endpoints.iter().any(|e| e.is_healthy()));
+    report.status = if serving { Status::Ok } else { Status::Fail };
     report
 }
 
@@ -240,17 +248,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn report_is_ok_while_any_endpoint_is_healthy() {
-        let config = scalestack_config::UpstreamConfig {
-            endpoints: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
-            ..Default::default()
-        };
-        let pool = Pool::new(&config).unwrap();
-        pool.mark_down(0, &crate::upstream::tests::refused());
-        let report = report(&pool, Duration::from_secs(3));
+    async fn report_is_ok_while_every_pool_has_a_healthy_endpoint() {
+        let mut config = scalestack_config::GatewayConfig::default();
+        config.pools[0].endpoints = vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()];
+        let table = Table::build(&config, None).unwrap();
+        let pool = &table.pools[0];
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        crate::proxy::mark_down(&pool.endpoints[0], &refused);
+        let report = report(&table, Duration::from_secs(3));
         assert_eq!(report.http_status(), 200);
         assert_eq!(report.checks.len(), 2);
-        assert_eq!(report.checks[0].name, "upstream.127.0.0.1:1");
+        assert_eq!(report.checks[0].name, "upstream.api.127.0.0.1:1");
         assert_eq!(report.checks[0].status, Status::Fail);
         assert!(
             report.checks[0]
@@ -261,7 +269,7 @@ mod tests {
         );
         assert_eq!(report.checks[1].status, Status::Ok);
 
-        pool.mark_down(1, &crate::upstream::tests::refused());
-        assert_eq!(super::report(&pool, Duration::ZERO).http_status(), 503);
+        crate::proxy::mark_down(&pool.endpoints[1], &refused);
+        assert_eq!(super::report(&table, Duration::ZERO).http_status(), 503);
     }
 }

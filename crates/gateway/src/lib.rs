@@ -1,47 +1,60 @@
-//! The edge gateway: an HTTP/1.1 reverse proxy in front of the api servers.
+//! The edge gateway: a general-purpose HTTP/1.1 reverse proxy.
 //!
-//! This crate owns the edge proxy of scalestack: the client listener, the
-//! choice of an upstream endpoint for every request (round robin over the
-//! endpoints currently healthy), pooled keep-alive connections to them,
-//! retries when they are safe (see `error`), active and passive
-//! health checking, and the gateway's own admin listener (`/health`,
-//! `/metrics`).
+//! This crate owns the edge proxy of scalestack: the client listeners (one
+//! per worker thread), routing (host, path prefix, method) to upstream pools,
+//! the nine balancing algorithms, active health checks and passive outlier
+//! ejection with slow start, a circuit breaker per endpoint, retries when they
+//! are safe (within a retry budget, with backoff), timeouts and request
+//! limits, strict request framing, rate limiting, its metrics and access log,
+//! reloads without dropping anything, and the admin listener (`/health`,
+//! `/metrics`, the token-protected admin API).
 //!
 //! It must not know the reference service's domain (users, orders, products),
 //! speak SQL, or talk to the cache, store or queue backends: every path of the
 //! client port, `/health` and `/metrics` included, belongs to the upstreams and
-//! is proxied untouched apart from hop-by-hop headers.
+//! is proxied untouched apart from hop-by-hop and forwarding headers.
 //!
-//! The only public surface is [`Gateway`] and [`GatewayError`]; the modules
-//! behind them (the upstream pool, the balancer, the health checker) are
-//! internal so that a later, faster gateway can replace them freely.
+//! The public surface is [`Gateway`], [`GatewayError`] and [`ReloadSource`];
+//! everything behind them is internal.
 //!
-//! One request, end to end: `server` accepts the connection and hands each
-//! request to `proxy`, which buffers the body (bounded by
-//! `gateway.max_request_body`), rewrites the headers, asks the `upstream`
-//! pool's balancer (`balance`) for a healthy endpoint and sends the request on a pooled
-//! connection. A connection failure marks that endpoint down and tries the next
-//! one; the response streams back to the client. `health` probes every
-//! endpoint in the background and brings endpoints back.
+//! One request, end to end: a worker thread's listener accepts the connection
+//! (`server`); the framing guard (`guard`) checks each request head before
+//! hyper parses it; `proxy` matches a route of the current `table`, applies
+//! its rate limits, buffers a body small enough to replay, rewrites the
+//! headers, asks the pool's balancer (`balance`) for an endpoint that is
+//! healthy, not drained, not ejected and whose breaker allows it (`endpoint`),
+//! and sends the request on one of the worker's own pooled connections
+//! (`conn`). Failures that are safe to retry go to another endpoint; the
+//! response streams back (`body`), and its connection returns to the pool
+//! when the body ends. `health` probes every endpoint in the background;
+//! `control` swaps in new tables on reload; `admin` serves the admin port.
 
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use scalestack_config::{GatewayConfig, HealthCheckConfig};
+use scalestack_config::GatewayConfig;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 mod admin;
 mod balance;
+mod body;
+mod clock;
+mod conn;
+mod control;
+mod endpoint;
 mod error;
+mod guard;
 mod headers;
 mod health;
 mod observe;
 mod proxy;
 mod server;
-mod upstream;
+mod table;
 
+pub use control::ReloadSource;
 pub use error::GatewayError;
 
 /// Value of the `component` and `instance` labels and of the health report
@@ -50,13 +63,13 @@ const COMPONENT: &str = "gateway";
 
 /// A gateway whose listeners are bound and which is ready to [`serve`](Gateway::serve).
 pub struct Gateway {
-    listener: TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     admin_listener: TcpListener,
     local_addr: SocketAddr,
     admin_addr: SocketAddr,
-    pool: Arc<upstream::Pool>,
-    proxy: Arc<proxy::Proxy>,
-    health_check: HealthCheckConfig,
+    shared: Arc<server::Shared>,
+    config: GatewayConfig,
+    source: Option<ReloadSource>,
     telemetry: &'static scalestack_telemetry::metrics::Metrics,
 }
 
@@ -65,43 +78,79 @@ impl fmt::Debug for Gateway {
         f.debug_struct("Gateway")
             .field("local_addr", &self.local_addr)
             .field("admin_addr", &self.admin_addr)
-            .field("endpoints", &self.pool.len())
+            .field("threads", &self.listeners.len())
             .finish_non_exhaustive()
     }
 }
 
 impl Gateway {
-    /// Binds the client listener (`config.listen`) and the admin listener
-    /// (`config.admin_listen`).
+    /// Checks `config`, builds the routing table and binds the client
+    /// listeners (`config.listen`, one per worker thread) and the admin
+    /// listener (`config.admin_listen`).
     ///
-    /// The endpoints are checked first, so that a bad config is reported
-    /// before any port is taken. Port 0 picks a free port; read it back with
-    /// [`local_addr`](Gateway::local_addr) and [`admin_addr`](Gateway::admin_addr).
-    /// If the caller has not installed the process's metrics recorder yet,
-    /// this installs it (installing is idempotent).
+    /// The config is checked first, so that a bad one is reported (naming
+    /// the key) before any port is taken. Port 0 picks a free port; read it
+    /// back with [`local_addr`](Gateway::local_addr) and
+    /// [`admin_addr`](Gateway::admin_addr). If the caller has not installed
+    /// the process's metrics recorder yet, this installs it.
     pub async fn bind(config: &GatewayConfig) -> Result<Gateway, GatewayError> {
         let telemetry = scalestack_telemetry::metrics::install(COMPONENT, COMPONENT);
         observe::describe();
-        let pool = Arc::new(upstream::Pool::new(&config.upstream)?);
-        let listener = bind_listener(config.listen, "gateway.listen").await?;
-        let admin_listener = bind_listener(config.admin_listen, "gateway.admin_listen").await?;
-        let local_addr = bound_addr(&listener, config.listen, "gateway.listen")?;
-        let admin_addr = bound_addr(&admin_listener, config.admin_listen, "gateway.admin_listen")?;
-        let proxy = Arc::new(proxy::Proxy::new(
-            Arc::clone(&pool),
-            config.max_request_body,
-            config.upstream.request_timeout,
-        ));
+        config
+            .validate()
+            .map_err(|e| GatewayError::Config(e.to_string()))?;
+        let table = table::Table::build(config, None)?;
+        let threads = match config.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let listeners = server::bind_reuseport(config.listen, threads).map_err(|source| {
+            GatewayError::Bind {
+                key: "gateway.listen",
+                addr: config.listen,
+                source,
+            }
+        })?;
+        let local_addr = listeners[0]
+            .local_addr()
+            .map_err(|source| GatewayError::Bind {
+                key: "gateway.listen",
+                addr: config.listen,
+                source,
+            })?;
+        let admin_listener = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                key: "gateway.admin_listen",
+                addr: config.admin_listen,
+                source,
+            })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| GatewayError::Bind {
+                key: "gateway.admin_listen",
+                addr: config.admin_listen,
+                source,
+            })?;
+        let shared = Arc::new(server::Shared::new(table, control::client_limits(config)));
         Ok(Gateway {
-            listener,
+            listeners,
             admin_listener,
             local_addr,
             admin_addr,
-            pool,
-            proxy,
-            health_check: config.health_check.clone(),
+            shared,
+            config: config.clone(),
+            source: None,
             telemetry,
         })
+    }
+
+    /// Sets where SIGHUP and an empty `POST /admin/reload` read the new
+    /// configuration from (the CLI re-reads its config file). Without one,
+    /// SIGHUP is ignored and reload calls must carry the configuration.
+    pub fn with_reload_source(mut self, source: ReloadSource) -> Self {
+        self.source = Some(source);
+        self
     }
 
     /// The address of the client listener.
@@ -109,58 +158,100 @@ impl Gateway {
         self.local_addr
     }
 
-    /// The address of the admin listener (`/health`, `/metrics`).
+    /// The address of the admin listener (`/health`, `/metrics`, `/admin/`).
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
     }
 
-    /// Serves clients and the admin port until `shutdown` resolves, then stops
-    /// accepting on both listeners and lets in-flight requests finish, waiting
-    /// at most 10 s for them before returning.
+    /// Serves clients and the admin port until `shutdown` resolves, then
+    /// stops accepting on every listener and lets in-flight requests finish,
+    /// waiting at most 10 s for them before returning.
     ///
-    /// Active health checks run for as long as this does.
+    /// Active health checks run, and SIGHUP reloads (when a reload source is
+    /// set), for as long as this does.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
-        let checks = health::spawn_checks(&self.pool, &self.health_check);
-        let admin = Arc::new(admin::Admin::new(Arc::clone(&self.pool), self.telemetry));
+        let (stop, stopped) = watch::channel(false);
+        let control = Arc::new(control::Control::new(
+            Arc::clone(&self.shared),
+            self.config,
+            self.source,
+            self.telemetry,
+        ));
+        // The SIGHUP handler is in place before the first request is served,
+        // so that a reload signal never meets the default action (exit).
+        let hangups = if control.has_source() {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(hangups) => Some(tokio::spawn(reload_on_hangup(
+                    Arc::clone(&control),
+                    hangups,
+                ))),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGHUP; reload through the admin API");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let threads = self.listeners.len();
+        let mut workers = Vec::with_capacity(threads);
+        for (index, listener) in self.listeners.into_iter().enumerate() {
+            match server::spawn_worker(index, listener, Arc::clone(&self.shared), stopped.clone()) {
+                Ok(worker) => workers.push(worker),
+                Err(source) => {
+                    let _ = stop.send(true);
+                    for worker in workers {
+                        let _ = worker.done.await;
+                    }
+                    if let Some(hangups) = hangups {
+                        hangups.abort();
+                    }
+                    return Err(GatewayError::Thread { index, source });
+                }
+            }
+        }
+        control.start_checks();
+        let admin = tokio::spawn(admin::run(
+            self.admin_listener,
+            Arc::clone(&control),
+            stopped.clone(),
+        ));
         tracing::info!(
             listen = %self.local_addr,
             admin = %self.admin_addr,
-            endpoints = self.pool.len(),
+            threads,
             "gateway serving"
         );
-        server::run(
-            server::Listeners {
-                client: self.listener,
-                admin: self.admin_listener,
-            },
-            self.proxy,
-            admin,
-            shutdown,
-        )
-        .await;
-        // Dropping the set aborts the health-check tasks: nothing uses their
-        // verdicts once the listeners are gone.
-        drop(checks);
+
+        shutdown.await;
+        tracing::info!("shutting down: draining connections");
+        let _ = stop.send(true);
+        if let Some(hangups) = hangups {
+            hangups.abort();
+        }
+        for worker in workers {
+            // A worker that panicked has dropped its sender: nothing to wait for.
+            let _ = worker.done.await;
+        }
+        let _ = admin.await;
+        // Nothing uses the checks' verdicts once the listeners are gone.
+        control.stop_checks();
         tracing::info!("gateway stopped");
         Ok(())
     }
 }
 
-async fn bind_listener(addr: SocketAddr, key: &'static str) -> Result<TcpListener, GatewayError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| GatewayError::Bind { key, addr, source })
-}
-
-fn bound_addr(
-    listener: &TcpListener,
-    addr: SocketAddr,
-    key: &'static str,
-) -> Result<SocketAddr, GatewayError> {
-    listener
-        .local_addr()
-        .map_err(|source| GatewayError::Bind { key, addr, source })
+/// Reloads the configuration on every SIGHUP.
+async fn reload_on_hangup(
+    control: Arc<control::Control>,
+    mut hangups: tokio::signal::unix::Signal,
+) {
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        // The outcome is logged and counted by the reload itself.
+        let _ = control.reload_from_source().await;
+    }
 }

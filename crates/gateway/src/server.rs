@@ -1,158 +1,419 @@
-//! Accepting connections on the client and admin listeners, serving HTTP/1.1
-//! on them, and draining them on shutdown.
+//! The worker threads: one per core, each with its own listener on the
+//! client address (SO_REUSEPORT, so the kernel spreads connections over
+//! them), its own single-threaded runtime and its own upstream connections;
+//! and the state they share.
+//!
+//! A request never leaves the thread whose listener accepted its
+//! connection: no work stealing, no cross-thread wake-ups, no locks on the
+//! way through. What the threads share (the routing table, endpoint state,
+//! rate-limit counters) lives in [`Shared`].
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use http::HeaderValue;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioIo;
+use scalestack_resilience::LocalStore;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::sync::{oneshot, watch};
 
-use crate::admin::Admin;
-use crate::observe::{self, ConnectionGuard};
-use crate::proxy::Proxy;
+use crate::body::{ResponseBody, ResponseBodyError};
+use crate::guard::{GuardShared, Guarded, GuardedIo, Limits, PARK_AFTER};
+use crate::observe::{self, ConnectionGuard, RouteMetrics};
+use crate::proxy::{Client, Worker};
+use crate::table::Table;
 
 /// Longest wait for in-flight requests after shutdown begins.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Time a client has to send a complete request head; it bounds the
-/// connections a slow or idle client can hold open.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Pause after a failed `accept` (typically: out of file descriptors), so
 /// that the loop does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-/// The two bound listeners.
-pub(crate) struct Listeners {
-    pub(crate) client: TcpListener,
-    pub(crate) admin: TcpListener,
+/// How often a worker drops expired idle upstream connections.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What every worker thread shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    table: RwLock<(u64, Arc<Table>)>,
+    /// The version of the current table; workers compare it on each request.
+    pub(crate) version: AtomicU64,
+    /// Rate-limit counters, shared by all threads.
+    pub(crate) limits: LocalStore,
+    /// The client limits new connections get.
+    client: RwLock<Limits>,
+    /// Requests answered before a route was chosen.
+    pub(crate) unrouted: RouteMetrics,
 }
 
-/// Serves both listeners until `shutdown` resolves, then drains.
-///
-/// Connection tasks belong to this function: when it returns, every
-/// connection is finished or, after the drain timeout, aborted, so that the
-/// caller can rely on nothing of the gateway running any more.
-pub(crate) async fn run(
-    listeners: Listeners,
-    proxy: Arc<Proxy>,
-    admin: Arc<Admin>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let graceful = GracefulShutdown::new();
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
-    let gauge = observe::active_connections();
-    let mut connections = JoinSet::new();
-
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listeners.client.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let guard = ConnectionGuard::open(&gauge);
-                    let connection = serve_client(&http, &graceful, stream, peer, Arc::clone(&proxy));
-                    connections.spawn(async move {
-                        connection.await;
-                        drop(guard);
-                    });
-                }
-                Err(error) => accept_failed("client", &error).await,
-            },
-            accepted = listeners.admin.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    connections.spawn(serve_admin(&http, &graceful, stream, Arc::clone(&admin)));
-                }
-                Err(error) => accept_failed("admin", &error).await,
-            },
-            // Reaping finished connections keeps the set from growing.
-            Some(finished) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(error) = finished {
-                    tracing::error!(%error, "a connection task failed");
-                }
-            }
+impl Shared {
+    pub(crate) fn new(table: Table, client: Limits) -> Self {
+        Self {
+            table: RwLock::new((1, Arc::new(table))),
+            version: AtomicU64::new(1),
+            limits: LocalStore::new(),
+            client: RwLock::new(client),
+            unrouted: RouteMetrics::new(observe::NONE, &[]),
         }
     }
 
-    // Closing the listeners first makes new connections fail at once
+    /// The current table and its version.
+    pub(crate) fn current(&self) -> (u64, Arc<Table>) {
+        let guard = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        (guard.0, Arc::clone(&guard.1))
+    }
+
+    /// Replaces the table (and the client limits of new connections).
+    pub(crate) fn swap(&self, table: Table, client: Limits) -> u64 {
+        let mut guard = self.table.write().unwrap_or_else(PoisonError::into_inner);
+        let version = guard.0 + 1;
+        *guard = (version, Arc::new(table));
+        *self.client.write().unwrap_or_else(PoisonError::into_inner) = client;
+        self.version.store(version, Ordering::Release);
+        version
+    }
+
+    fn client_limits(&self) -> Limits {
+        *self.client.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Binds `count` listeners on `addr` that share it through SO_REUSEPORT.
+///
+/// A fixed port is first bound once without the option, so that a port
+/// taken by anyone else (even with SO_REUSEPORT) is an error rather than
+/// traffic silently shared with a stranger.
+pub(crate) fn bind_reuseport(
+    addr: SocketAddr,
+    count: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    let mut addr = addr;
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        let listener: std::net::TcpListener = socket.into();
+        // Port 0: the others join the port the kernel gave the first.
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// A worker thread that is running; resolves `done` when it has drained.
+pub(crate) struct WorkerHandle {
+    pub(crate) done: oneshot::Receiver<()>,
+}
+
+/// Starts worker `index` on `listener`; it serves until `shutdown` turns
+/// true, then drains for at most [`DRAIN_TIMEOUT`].
+pub(crate) fn spawn_worker(
+    index: usize,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<WorkerHandle> {
+    let (done_tx, done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("gateway-{index}"))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::error!(%error, worker = index, "cannot start a worker runtime");
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, run_worker(listener, shared, shutdown));
+            // Dropping the set and the runtime ends whatever is left (idle
+            // upstream connections) before the gateway reports it has stopped.
+            drop(local);
+            drop(runtime);
+            let _ = done_tx.send(());
+        })?;
+    Ok(WorkerHandle { done })
+}
+
+async fn run_worker(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "cannot register a listener with the worker runtime");
+            return;
+        }
+    };
+    let worker = Rc::new(Worker::new(shared));
+    tokio::task::spawn_local(sweep(Rc::clone(&worker)));
+    let drain = Rc::new(Drain::default());
+    let gauges = Gauges {
+        active: observe::active_connections(),
+        parked: observe::parked_connections(),
+    };
+    loop {
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let connection = ConnectionGuard::open(&gauges.active);
+                    let ticket = Drain::enter(&drain);
+                    let served = serve_client(
+                        stream,
+                        peer,
+                        Rc::clone(&worker),
+                        shutdown.clone(),
+                        gauges.parked.clone(),
+                    );
+                    tokio::task::spawn_local(async move {
+                        served.await;
+                        drop(connection);
+                        drop(ticket);
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            },
+        }
+    }
+    // Closing the listener first makes new connections fail at once
     // instead of waiting in the backlog for an answer that never comes.
-    drop(listeners);
-    let open = graceful.count();
-    tracing::info!(connections = open, "shutting down: draining connections");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    drop(listener);
+    tracing::debug!(
+        connections = drain.live.get(),
+        "worker draining connections"
+    );
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain.wait())
         .await
         .is_err()
     {
         tracing::warn!(
             timeout_s = DRAIN_TIMEOUT.as_secs(),
+            connections = drain.live.get(),
             "connections still open after the drain timeout; closing them"
         );
     }
-    connections.shutdown().await;
+}
+
+/// The connections of one worker, counted so that shutdown can wait for them.
+#[derive(Debug, Default)]
+struct Drain {
+    live: std::cell::Cell<usize>,
+    none_left: tokio::sync::Notify,
+}
+
+/// One connection counted in a [`Drain`]; the count drops with it.
+struct Ticket(Rc<Drain>);
+
+impl Drain {
+    fn enter(drain: &Rc<Drain>) -> Ticket {
+        drain.live.set(drain.live.get() + 1);
+        Ticket(Rc::clone(drain))
+    }
+
+    /// Resolves once no connection is left.
+    async fn wait(&self) {
+        while self.live.get() > 0 {
+            self.none_left.notified().await;
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let left = self.0.live.get() - 1;
+        self.0.live.set(left);
+        if left == 0 {
+            // A stored permit wakes the waiter even if it is not waiting yet.
+            self.0.none_left.notify_one();
+        }
+    }
+}
+
+/// Drops expired idle upstream connections, and those of endpoints that
+/// left the configuration.
+async fn sweep(worker: Rc<Worker>) {
+    let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let table = worker.table();
+        let live: std::collections::HashSet<u64> = table.endpoints().map(|e| e.id).collect();
+        worker
+            .connections
+            .sweep(Instant::now(), |id| live.contains(&id));
+    }
+}
+
+/// The gauges of client connections.
+struct Gauges {
+    active: metrics::Gauge,
+    parked: metrics::Gauge,
 }
 
 /// The future that serves one client connection to its end.
+///
+/// hyper serves the connection in sessions: one lasts while requests keep
+/// coming; when the connection has been idle for [`PARK_AFTER`], the guard
+/// ends the session without closing the socket, and the connection waits,
+/// parked, with none of hyper's buffers, until the client sends again (or the
+/// header read timeout, or shutdown, closes it).
 fn serve_client(
-    http: &http1::Builder,
-    graceful: &GracefulShutdown,
     stream: TcpStream,
     peer: SocketAddr,
-    proxy: Arc<Proxy>,
-) -> impl Future<Output = ()> + Send + 'static {
+    worker: Rc<Worker>,
+    mut shutdown: watch::Receiver<bool>,
+    parked: metrics::Gauge,
+) -> impl Future<Output = ()> + 'static {
     // Responses are written as soon as they are ready; Nagle would hold
     // back the last segment of each one.
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "cannot set TCP_NODELAY");
     }
-    // The client address is rendered once per connection, not per request.
-    let client_ip = HeaderValue::try_from(peer.ip().to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    let limits = worker.shared.client_limits();
+    let guard = Rc::new(GuardShared::default());
+    let client = Rc::new(Client::new(worker, peer.ip(), Rc::clone(&guard)));
     let service = service_fn(move |request| {
-        let proxy = Arc::clone(&proxy);
-        let client_ip = client_ip.clone();
-        async move { Ok::<_, Infallible>(proxy.serve(request, &client_ip).await) }
+        let client = Rc::clone(&client);
+        async move {
+            let response = client.serve(request).await;
+            let done = Rc::clone(&client.guard);
+            Ok::<_, Infallible>(response.map(|body| ClientBody { body, done }))
+        }
     });
-    let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+    let mut http = http1::Builder::new();
+    http.keep_alive(true)
+        // A client that stops sending (or whose body framing broke, which the
+        // guard turns into an end of stream) still gets its answer.
+        .half_close(true)
+        // The guard enforces the header timeout with one timer per connection.
+        .header_read_timeout(None)
+        .max_headers(limits.max_headers + 1)
+        // hyper's buffer must hold any head the guard accepts.
+        .max_buf_size((limits.max_header_bytes + 8192).max(64 * 1024));
+    let io = Rc::new(RefCell::new(
+        Guarded::new(stream, limits, guard).park_after(PARK_AFTER),
+    ));
     async move {
-        if let Err(error) = connection.await {
-            // Clients that hang up or time out are routine, not errors of ours.
-            tracing::debug!(%error, %peer, "client connection ended with an error");
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            // Boxed, so that a parked connection's task keeps no room for it.
+            let mut session = Box::pin(
+                http.serve_connection(TokioIo::new(GuardedIo(Rc::clone(&io))), service.clone()),
+            );
+            let mut stopping = false;
+            let ended = loop {
+                tokio::select! {
+                    ended = session.as_mut() => break ended,
+                    _ = shutdown.changed(), if !stopping => {
+                        // Finish the request in flight (if any), then close:
+                        // hyper answers it with `Connection: close`.
+                        stopping = true;
+                        session.as_mut().graceful_shutdown();
+                    }
+                }
+            };
+            drop(session);
+            if let Err(error) = ended {
+                // Clients that hang up or time out are routine, not errors of ours.
+                tracing::debug!(%error, %peer, "client connection ended with an error");
+                return;
+            }
+            let deadline = {
+                let guarded = io.borrow();
+                if !guarded.is_parking() || *shutdown.borrow() {
+                    return;
+                }
+                guarded.idle_deadline()
+            };
+            parked.increment(1.0);
+            let woke = {
+                let readable = std::future::poll_fn(|cx| io.borrow().poll_read_ready(cx));
+                let expired = async {
+                    match deadline {
+                        Some(deadline) => tokio::time::sleep_until(deadline).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    ready = readable => ready.is_ok(),
+                    () = expired => false,
+                    _ = shutdown.changed() => false,
+                }
+            };
+            parked.decrement(1.0);
+            if !woke {
+                return;
+            }
+            io.borrow_mut().unpark();
         }
     }
 }
 
-/// The future that serves one admin connection to its end.
-fn serve_admin(
-    http: &http1::Builder,
-    graceful: &GracefulShutdown,
-    stream: TcpStream,
-    admin: Arc<Admin>,
-) -> impl Future<Output = ()> + Send + 'static {
-    let service = service_fn(move |request| {
-        let response = admin.serve(&request);
-        async move { Ok::<_, Infallible>(response) }
-    });
-    let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-    async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "admin connection ended with an error");
-        }
+/// A response body that tells the connection's guard when it is done, so
+/// that the header timeout only runs while no request is being answered.
+struct ClientBody {
+    body: ResponseBody,
+    done: Rc<GuardShared>,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ResponseBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
-async fn accept_failed(listener: &'static str, error: &io::Error) {
-    tracing::warn!(listener, %error, "accept failed");
-    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        self.done.response_done();
+    }
 }

@@ -128,11 +128,11 @@ pub async fn up(
     // Migrate once here, so that children never race to create the schema.
     let store = scalestack_store::Store::open(&config).await?;
     store.close().await;
-    if config.gateway.upstream.endpoints.is_empty() {
-        config.gateway.upstream.endpoints = (0..config.api.instances)
-            .map(|i| config.api.instance_addr(i).to_string())
-            .collect();
-    }
+    // Pools without endpoints (the default `api` pool) serve the api instances.
+    let instances: Vec<_> = (0..config.api.instances)
+        .map(|i| config.api.instance_addr(i))
+        .collect();
+    config.gateway.fill_empty_pools(&instances);
     describe_metrics();
 
     let config = Arc::new(config);

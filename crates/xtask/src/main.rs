@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench_cache;
+mod bench_gateway;
 mod bench_loadgen;
 mod bench_queue;
 mod bench_stack;
@@ -49,12 +50,12 @@ enum Bench {
     /// GET /users/{id} with Zipf keys through the gateway of the whole stack:
     /// `scalestack bench` and wrk as clients, CPU per request of every process.
     Stack(bench_stack::Args),
-    /// The cache tier: reads/s of the L2 path against `redis-benchmark -t get`
-    /// on the same redis-server (the L2 ceiling).
-    Cache(bench_cache::Args),
     /// Publish and consume msg/s of the queue's embedded and JetStream
     /// backends, against the raw async-nats client on the same nats-server.
     Queue(bench_queue::Args),
+    /// The cache tier: reads/s of the L2 path against `redis-benchmark -t get`
+    /// on the same redis-server (the L2 ceiling).
+    Cache(bench_cache::Args),
     /// `scalestack bench` against wrk and h2load on one nginx: requests per
     /// CPU-second, HTTP/2, open-model accuracy, optionally callgrind
     /// instructions per request.
@@ -63,6 +64,10 @@ enum Bench {
     /// against pgbench running the same transaction, and GET /users/{id}
     /// without the cache on the primary alone and with one replica.
     Store(bench_store::Args),
+    /// The gateway against NGINX and HAProxy as reverse proxies in front of
+    /// one upstream: RPS, p50/p99 and CPU per request at saturation (wrk and
+    /// `scalestack bench`) and at a fixed rate, RSS with idle keep-alive clients.
+    Gateway(bench_gateway::Args),
 }
 
 /// The workspace root (xtask lives in `crates/xtask`).
@@ -166,10 +171,11 @@ fn main() -> Result<()> {
         Task::Test { no_lint, args } => test(no_lint, &args),
         Task::Bench { which } => match which {
             Bench::Stack(args) => bench_stack::run(&args),
-            Bench::Cache(args) => bench_cache::run(&args),
-            Bench::Queue(args) => bench_queue::run(&args),
             Bench::Loadgen(args) => bench_loadgen::run(&args),
+            Bench::Queue(args) => bench_queue::run(&args),
+            Bench::Cache(args) => bench_cache::run(&args),
             Bench::Store(args) => bench_store::run(&args),
+            Bench::Gateway(args) => bench_gateway::run(&args),
         },
     }
 }

@@ -25,8 +25,8 @@ async fn health_reports_one_check_per_endpoint() {
     assert_eq!(
         names,
         [
-            format!("upstream.{}", a.addr),
-            format!("upstream.{}", b.addr)
+            format!("upstream.api.{}", a.addr),
+            format!("upstream.api.{}", b.addr)
         ]
     );
     // The admin port serves the gateway, not the upstreams.
@@ -77,7 +77,11 @@ async fn metrics_expose_the_gateway_series() {
         ),
         (
             "scalestack_http_requests_total",
-            &["route=\"proxy\"", "method=\"GET\"", "status_class=\"2xx\""],
+            &[
+                "route=\"default\"",
+                "method=\"GET\"",
+                "status_class=\"2xx\"",
+            ],
         ),
     ] {
         assert!(series(&text, name, labels).is_some(), "no {name} in {text}");
@@ -99,4 +103,108 @@ async fn other_admin_paths_are_404_json() {
     get(gateway.admin, "/users/1")
         .await
         .assert_error(StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_the_token_and_is_off_without_one() {
+    let a = Upstream::start("a").await;
+    let gateway = RunningGateway::start(&config(&[a.addr])).await;
+
+    let reply = get(gateway.admin, "/admin/pools").await;
+    reply.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(reply.headers["www-authenticate"], "Bearer");
+    let wrong = http::Request::get("/admin/pools")
+        .header("authorization", "Bearer nope")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    send(gateway.admin, wrong)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(
+        admin(gateway.admin, "GET", "/admin/pools", "").await.status,
+        200
+    );
+
+    let mut off = config(&[a.addr]);
+    off.admin_token = String::new();
+    let gateway = RunningGateway::start(&off).await;
+    admin(gateway.admin, "GET", "/admin/pools", "")
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "admin_disabled");
+    // Health and metrics stay open.
+    assert_eq!(get(gateway.admin, "/health").await.status, 200);
+    assert_eq!(get(gateway.admin, "/metrics").await.status, 200);
+}
+
+#[tokio::test]
+async fn pools_show_every_endpoint_with_health_breaker_and_load() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let gateway = RunningGateway::start(&config(&[a.addr, b.addr])).await;
+    b.set_sick(true);
+    gateway.wait_for_endpoint(b.addr, "fail").await;
+
+    let reply = admin(gateway.admin, "GET", "/admin/pools", "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let pools = reply.json();
+    let pool = &pools["pools"][0];
+    assert_eq!(pool["name"], "api");
+    assert_eq!(pool["algorithm"], "round_robin");
+    let a_view = &pool["endpoints"][0];
+    assert_eq!(a_view["address"], a.addr.to_string().as_str());
+    assert_eq!(a_view["healthy"], true);
+    assert_eq!(a_view["breaker"], "closed");
+    assert_eq!(a_view["weight"], 1);
+    assert_eq!(a_view["in_flight"], 0);
+    assert_eq!(a_view["available"], true);
+    let b_view = &pool["endpoints"][1];
+    assert_eq!(b_view["healthy"], false);
+    assert_eq!(b_view["available"], false);
+    assert!(
+        b_view["last_check"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("503"),
+        "{b_view}"
+    );
+
+    let routes = admin(gateway.admin, "GET", "/admin/routes", "")
+        .await
+        .json();
+    assert_eq!(routes["routes"][0]["name"], "default");
+    assert_eq!(routes["routes"][0]["pool"], "api");
+}
+
+#[tokio::test]
+async fn admin_mistakes_get_json_errors_naming_the_field() {
+    let a = Upstream::start("a").await;
+    let gateway = RunningGateway::start(&config(&[a.addr])).await;
+
+    let reply = admin(gateway.admin, "GET", "/admin/pools/nope", "").await;
+    reply.assert_error(StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(reply.json()["error"]["field"], "pool");
+    let path = "/admin/pools/api/endpoints/10.9.9.9:1/drain";
+    let reply = admin(gateway.admin, "POST", path, "").await;
+    reply.assert_error(StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(reply.json()["error"]["field"], "endpoint");
+    let weight = format!("/admin/pools/api/endpoints/{}/weight", a.addr);
+    for body in [
+        "",
+        "{\"weight\": -1}",
+        "{\"weight\": 10001}",
+        "not json",
+        "{\"w\": 1}",
+    ] {
+        let reply = admin(gateway.admin, "PUT", &weight, body).await;
+        reply.assert_error(StatusCode::BAD_REQUEST, "invalid_weight");
+        assert_eq!(reply.json()["error"]["field"], "weight", "{body}");
+    }
+    admin(gateway.admin, "DELETE", "/admin/pools", "")
+        .await
+        .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    // The endpoint is as it was.
+    assert_eq!(
+        endpoint_view(gateway.admin, "api", a.addr).await["weight"],
+        1
+    );
 }

@@ -118,3 +118,40 @@ async fn every_request_gets_its_own_answer() {
     }
     assert_eq!(upstream.hits(), 5);
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_closed_after_their_idle_timeout() {
+    let upstream = Upstream::start("a").await;
+    let mut config = config(&[upstream.addr]);
+    config.threads = 1;
+    config.pools[0].idle_timeout = std::time::Duration::from_millis(200);
+    let gateway = RunningGateway::start(&config).await;
+
+    let client = client();
+    for i in 0..10 {
+        let request = Request::get(format!("/again/{i}"))
+            .body(Full::default())
+            .unwrap();
+        assert_eq!(send_with(&client, gateway.addr, request).await.status, 200);
+    }
+    let endpoint = format!("endpoint=\"{}\"", upstream.addr);
+    let open = || async {
+        let metrics = get(gateway.admin, "/metrics").await.text();
+        series(
+            &metrics,
+            "scalestack_gateway_upstream_connections",
+            &[&endpoint],
+        )
+    };
+    assert_eq!(
+        open().await,
+        Some(1.0),
+        "ten requests in a row share one connection"
+    );
+    eventually("the idle upstream connection is closed", || async {
+        open().await == Some(0.0)
+    })
+    .await;
+    // The next request opens a new one.
+    assert_eq!(get(gateway.addr, "/after").await.status, 200);
+}

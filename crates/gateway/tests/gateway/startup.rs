@@ -44,6 +44,6 @@ async fn a_taken_port_is_reported_with_component_key_and_address() {
 #[tokio::test]
 async fn an_empty_endpoint_list_is_refused_by_key() {
     let message = Gateway::bind(&config(&[])).await.unwrap_err().to_string();
-    assert!(message.contains("gateway.upstream.endpoints"), "{message}");
+    assert!(message.contains("gateway.pools[0].endpoints"), "{message}");
     assert!(message.contains("empty"), "{message}");
 }

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use scalestack_config::{GatewayConfig, HealthCheckConfig, UpstreamConfig};
+use scalestack_config::{GatewayConfig, HealthCheckConfig, PoolConfig};
 use scalestack_gateway::{Gateway, GatewayError};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,6 +35,8 @@ const PATIENCE: Duration = Duration::from_secs(10);
 /// - `GET /health` answers 200 (503 while [`Upstream::set_sick`]) and is not
 ///   counted in [`Upstream::hits`];
 /// - `/slow?ms=N` waits N ms before echoing;
+/// - `/stream?ms=N` sends one chunk of body, waits N ms, then sends the rest;
+/// - while [`Upstream::set_status`] is set, other requests get that status;
 /// - a request with `x-want-hop-headers` gets hop-by-hop headers in its response;
 /// - every response carries `x-upstream: <name>`.
 pub(crate) struct Upstream {
@@ -48,6 +50,9 @@ pub(crate) struct Upstream {
 struct UpstreamState {
     hits: AtomicUsize,
     sick: AtomicBool,
+    status: AtomicU16,
+    delay_ms: AtomicUsize,
+    in_flight: AtomicUsize,
 }
 
 impl Upstream {
@@ -92,6 +97,16 @@ impl Upstream {
     pub(crate) fn set_sick(&self, sick: bool) {
         self.state.sick.store(sick, Ordering::SeqCst);
     }
+
+    /// Makes every request but `/health` wait `ms` before it is answered.
+    pub(crate) fn set_delay(&self, ms: usize) {
+        self.state.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Makes every request but `/health` answer `status` (0: normal again).
+    pub(crate) fn set_status(&self, status: u16) {
+        self.state.status.store(status, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Upstream {
@@ -120,11 +135,73 @@ async fn serve_upstream(listener: TcpListener, name: &'static str, state: Arc<Up
     }
 }
 
+/// The body of an upstream's answer: whole, or two parts with a pause between.
+pub(crate) enum TestBody {
+    Full(Full<Bytes>),
+    Paused {
+        first: Option<Bytes>,
+        pause: std::pin::Pin<Box<tokio::time::Sleep>>,
+        rest: Option<Bytes>,
+    },
+}
+
+impl hyper::body::Body for TestBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        use std::task::Poll;
+        match self.get_mut() {
+            TestBody::Full(full) => std::pin::Pin::new(full).poll_frame(cx),
+            TestBody::Paused { first, pause, rest } => {
+                if let Some(first) = first.take() {
+                    return Poll::Ready(Some(Ok(hyper::body::Frame::data(first))));
+                }
+                if rest.is_none() {
+                    return Poll::Ready(None);
+                }
+                match pause.as_mut().poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => {
+                        Poll::Ready(rest.take().map(|r| Ok(hyper::body::Frame::data(r))))
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            TestBody::Full(full) => full.is_end_stream(),
+            TestBody::Paused { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            TestBody::Full(full) => full.size_hint(),
+            TestBody::Paused { .. } => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+fn query_ms(request: &Request<Incoming>) -> u64 {
+    request
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("ms="))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(0)
+}
+
 async fn echo(
     name: &'static str,
     state: Arc<UpstreamState>,
     request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<TestBody>, Infallible> {
     if request.uri().path() == "/health" {
         let sick = state.sick.load(Ordering::SeqCst);
         let status = if sick {
@@ -132,21 +209,31 @@ async fn echo(
         } else {
             StatusCode::OK
         };
-        return Ok(reply(
-            name,
-            status,
-            &json!({ "upstream": name, "health": !sick }),
-        ));
+        return Ok(
+            reply(name, status, &json!({ "upstream": name, "health": !sick })).map(TestBody::Full),
+        );
     }
     state.hits.fetch_add(1, Ordering::SeqCst);
+    state.in_flight.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = Decrement(&state.in_flight);
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+    }
     if request.uri().path() == "/slow" {
-        let ms = request
-            .uri()
-            .query()
-            .and_then(|q| q.strip_prefix("ms="))
-            .and_then(|ms| ms.parse().ok())
-            .unwrap_or(0);
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+        tokio::time::sleep(Duration::from_millis(query_ms(&request))).await;
+    }
+    if request.uri().path() == "/stream" {
+        let ms = query_ms(&request);
+        let mut response = Response::new(TestBody::Paused {
+            first: Some(Bytes::from_static(b"first part;")),
+            pause: Box::pin(tokio::time::sleep(Duration::from_millis(ms))),
+            rest: Some(Bytes::from_static(b"second part")),
+        });
+        response
+            .headers_mut()
+            .insert("x-upstream", name.parse().unwrap());
+        return Ok(response);
     }
     let (parts, body) = request.into_parts();
     let body = body
@@ -164,9 +251,13 @@ async fn echo(
             .collect();
         headers.insert(name.as_str().to_owned(), Value::from(values));
     }
+    let status = match state.status.load(Ordering::SeqCst) {
+        0 => StatusCode::OK,
+        code => StatusCode::from_u16(code).unwrap(),
+    };
     let mut response = reply(
         name,
-        StatusCode::OK,
+        status,
         &json!({
             "upstream": name,
             "method": parts.method.as_str(),
@@ -182,7 +273,15 @@ async fn echo(
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert("x-kept", "yes".parse().unwrap());
     }
-    Ok(response)
+    Ok(response.map(TestBody::Full))
+}
+
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn reply(name: &'static str, status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
@@ -247,20 +346,19 @@ impl Drop for BrokenUpstream {
 
 // === Gateway ===
 
-/// A gateway config for tests: free ports, fast health checks.
+/// The admin token of test gateways.
+pub(crate) const TOKEN: &str = "test-token";
+
+/// A gateway config for tests: free ports, two worker threads (so that
+/// sharing between threads is exercised), fast health checks, one pool
+/// `api` of `endpoints` serving every path.
 pub(crate) fn config(endpoints: &[SocketAddr]) -> GatewayConfig {
     GatewayConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         admin_listen: ([127, 0, 0, 1], 0).into(),
-        threads: 0,
+        admin_token: TOKEN.into(),
+        threads: 2,
         max_request_body: 1024,
-        upstream: UpstreamConfig {
-            endpoints: endpoints.iter().map(ToString::to_string).collect(),
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(90),
-            max_idle_per_endpoint: 16,
-        },
         health_check: HealthCheckConfig {
             path: "/health".into(),
             interval: Duration::from_millis(100),
@@ -269,6 +367,20 @@ pub(crate) fn config(endpoints: &[SocketAddr]) -> GatewayConfig {
             rise: 1,
             fall: 1,
         },
+        pools: vec![pool("api", endpoints)],
+        ..GatewayConfig::default()
+    }
+}
+
+/// A pool named `name` of `endpoints` with the test timeouts.
+pub(crate) fn pool(name: &str, endpoints: &[SocketAddr]) -> PoolConfig {
+    PoolConfig {
+        name: name.into(),
+        endpoints: endpoints.iter().map(|e| e.to_string().into()).collect(),
+        connect_timeout: Duration::from_secs(1),
+        first_byte_timeout: Duration::from_secs(10),
+        max_idle_per_endpoint: 16,
+        ..PoolConfig::default()
     }
 }
 
@@ -282,7 +394,18 @@ pub(crate) struct RunningGateway {
 
 impl RunningGateway {
     pub(crate) async fn start(config: &GatewayConfig) -> RunningGateway {
-        let gateway = Gateway::bind(config).await.unwrap();
+        Self::start_with(config, None).await
+    }
+
+    /// Starts a gateway that reloads from `source` on SIGHUP and empty reload calls.
+    pub(crate) async fn start_with(
+        config: &GatewayConfig,
+        source: Option<scalestack_gateway::ReloadSource>,
+    ) -> RunningGateway {
+        let mut gateway = Gateway::bind(config).await.unwrap();
+        if let Some(source) = source {
+            gateway = gateway.with_reload_source(source);
+        }
         let addr = gateway.local_addr();
         let admin = gateway.admin_addr();
         let (tx, rx) = oneshot::channel::<()>();
@@ -310,10 +433,10 @@ impl RunningGateway {
         (&mut self.task).await.unwrap()
     }
 
-    /// The state (`ok`/`fail`) of `endpoint` in the admin `/health` report.
+    /// The state (`ok`/`fail`) of `endpoint` of pool `api` in the admin `/health` report.
     pub(crate) async fn endpoint_status(&self, endpoint: SocketAddr) -> String {
         let report = get(self.admin, "/health").await.json();
-        let name = format!("upstream.{endpoint}");
+        let name = format!("upstream.api.{endpoint}");
         report["checks"]
             .as_array()
             .unwrap()
@@ -378,22 +501,89 @@ impl Reply {
     }
 }
 
-fn client() -> Client<HttpConnector, Full<Bytes>> {
+/// A pooled keep-alive HTTP client.
+pub(crate) type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A new client (its own connections).
+pub(crate) fn client() -> TestClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
 /// Sends `request` (its URI a path) to `addr`.
-pub(crate) async fn send(addr: SocketAddr, mut request: Request<Full<Bytes>>) -> Reply {
+pub(crate) async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Reply {
+    send_with(&client(), addr, request).await
+}
+
+/// Sends `request` (its URI a path) to `addr` with `client`.
+pub(crate) async fn send_with(
+    client: &TestClient,
+    addr: SocketAddr,
+    mut request: Request<Full<Bytes>>,
+) -> Reply {
+    try_send_with(client, addr, request_to(addr, &mut request))
+        .await
+        .unwrap_or_else(|error| panic!("request failed: {error}"))
+}
+
+fn request_to(addr: SocketAddr, request: &mut Request<Full<Bytes>>) -> Request<Full<Bytes>> {
     let path = request.uri().path_and_query().unwrap().as_str().to_owned();
-    *request.uri_mut() = format!("http://{addr}{path}").parse().unwrap();
-    let response = client().request(request).await.unwrap();
+    let mut out = Request::new(request.body().clone());
+    *out.method_mut() = request.method().clone();
+    *out.headers_mut() = request.headers().clone();
+    *out.uri_mut() = format!("http://{addr}{path}").parse().unwrap();
+    out
+}
+
+/// Sends a request whose URI is already absolute; errors are returned.
+pub(crate) async fn try_send_with(
+    client: &TestClient,
+    _addr: SocketAddr,
+    request: Request<Full<Bytes>>,
+) -> Result<Reply, String> {
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Reply {
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .to_bytes();
+    Ok(Reply {
         status: parts.status,
         headers: parts.headers,
         body,
-    }
+    })
+}
+
+/// An admin API call with the test token.
+pub(crate) async fn admin(addr: SocketAddr, method: &str, path: &str, body: &str) -> Reply {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    send(addr, request).await
+}
+
+/// The admin API's view of `endpoint` in `pool`.
+pub(crate) async fn endpoint_view(
+    admin_addr: SocketAddr,
+    pool: &str,
+    endpoint: SocketAddr,
+) -> Value {
+    let reply = admin(admin_addr, "GET", &format!("/admin/pools/{pool}"), "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let view = reply.json();
+    view["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == endpoint.to_string().as_str())
+        .unwrap_or_else(|| panic!("no {endpoint} in {view}"))
+        .clone()
 }
 
 /// `GET path` on `addr`.
@@ -464,6 +654,65 @@ fn parse_raw(bytes: &[u8]) -> RawReply {
         status,
         headers,
         body: body.to_owned(),
+    }
+}
+
+/// One keep-alive connection that sends requests one after another, so
+/// that a test can tell whether the gateway ever dropped it.
+pub(crate) struct KeepAlive {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl KeepAlive {
+    pub(crate) async fn connect(addr: SocketAddr) -> KeepAlive {
+        KeepAlive {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// `GET path` on this connection: the status and body, or why it failed.
+    pub(crate) async fn get(&mut self, path: &str) -> Result<(u16, String), String> {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+        self.stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buffer[..end]).to_string();
+                let status = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| format!("bad head {head:?}"))?;
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())?
+                    })
+                    .ok_or_else(|| format!("no content-length in {head:?}"))?;
+                let total = end + 4 + length;
+                if self.buffer.len() >= total {
+                    let body = String::from_utf8_lossy(&self.buffer[end + 4..total]).to_string();
+                    self.buffer.drain(..total);
+                    return Ok((status, body));
+                }
+            }
+            let n = self
+                .stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("the gateway closed the connection".into());
+            }
+            self.buffer.extend_from_slice(&chunk[..n]);
+        }
     }
 }
 
