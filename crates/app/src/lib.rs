@@ -2,16 +2,20 @@
 //!
 //! This crate owns the domain (users, products, orders) as an HTTP API
 //! ([`api`], run by `scalestack api`), the background worker process
-//! ([`worker`], run by `scalestack worker`) and the data seeder ([`seed`]).
+//! ([`worker`], run by `scalestack worker`) with the flows it runs
+//! ([`flows`]: the outbox relay and the consumer groups), and the data
+//! seeder ([`seed`]).
 //!
 //! It must not talk to SQL, Redis or NATS directly: data goes through
-//! `scalestack-store`, cached reads through `scalestack-cache`, and metrics and
-//! health reports through `scalestack-telemetry`. It is the worked example of
+//! `scalestack-store`, cached reads through `scalestack-cache`, messages
+//! through `scalestack-queue`, and metrics and health reports through
+//! `scalestack-telemetry`. It is the worked example of
 //! building an API on those libraries.
 
 use std::net::SocketAddr;
 
 pub mod api;
+pub mod flows;
 mod http;
 pub mod seed;
 pub mod worker;
@@ -34,6 +38,13 @@ pub enum AppError {
     /// The store could not be opened.
     #[error("{0}")]
     Store(#[from] scalestack_store::StoreError),
+    /// The cache could not be built (bad settings, the invalidation socket,
+    /// or a damaged write-behind log).
+    #[error("{0}")]
+    Cache(#[from] scalestack_cache::CacheError),
+    /// The queue could not be opened or its topics created.
+    #[error("queue: {0}")]
+    Queue(#[from] scalestack_queue::QueueError),
     /// Serving failed.
     #[error("{instance}: server error: {source}")]
     Serve {

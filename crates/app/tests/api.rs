@@ -447,7 +447,7 @@ async fn health_is_deep_and_metrics_are_prometheus_text() {
             "store.shard-1",
             "store.shard-2",
             "store.shard-3",
-            "cache.l1"
+            "cache"
         ]
     );
 

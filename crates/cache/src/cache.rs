@@ -31,6 +31,7 @@ use crate::metrics::{
     INVALIDATION_UP, INVALIDATIONS, PURGES,
 };
 use crate::resource::Stats;
+use crate::write_behind::LogHandle;
 
 /// Hot keys tracked by the space-saving summary.
 const HOT_KEY_SLOTS: usize = 64;
@@ -73,7 +74,7 @@ pub enum CacheError {
     WriteBehind(#[from] crate::write_behind::WriteBehindError),
 }
 
-/// The api instances that invalidate each other over UDP (embedded stack).
+/// The processes that invalidate each other over UDP (embedded stack).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peers {
     /// This instance's address: datagrams are received on the UDP port of
@@ -91,6 +92,18 @@ impl Peers {
             this: api.instance_addr(index),
             all: (0..api.instances).map(|i| api.instance_addr(i)).collect(),
         }
+    }
+
+    /// Every process of the embedded stack that may change cached data: the
+    /// api instances and the worker (whose consumers change stock, for
+    /// example), seen from the process listening on `this`. Each member
+    /// accepts invalidations only from these addresses.
+    pub fn stack(config: &scalestack_config::Config, this: SocketAddr) -> Self {
+        let mut all: Vec<SocketAddr> = (0..config.api.instances)
+            .map(|i| config.api.instance_addr(i))
+            .collect();
+        all.push(config.worker.listen);
+        Self { this, all }
     }
 }
 
@@ -254,6 +267,7 @@ impl CacheBuilder {
             write_behind_dir: self.write_behind_dir,
             l2_repairs: Mutex::new(HashSet::new()),
             reported_hot: Mutex::new(Vec::new()),
+            logs: Mutex::new(Vec::new()),
         });
         metrics::gauge!(INVALIDATION_UP).set(if redis_bus { 0.0 } else { 1.0 });
         let weak = Arc::downgrade(&inner);
@@ -335,6 +349,8 @@ pub(crate) struct Inner {
     /// L2 keys whose delete failed; retried when Redis answers again.
     l2_repairs: Mutex<HashSet<String>>,
     reported_hot: Mutex<Vec<(String, String)>>,
+    /// The write-behind logs of this cache's resources.
+    pub(crate) logs: Mutex<Vec<Weak<dyn LogHandle>>>,
 }
 
 impl Drop for Inner {
@@ -494,6 +510,7 @@ impl Cache {
                 write_behind_dir: None,
                 l2_repairs: Mutex::new(HashSet::new()),
                 reported_hot: Mutex::new(Vec::new()),
+                logs: Mutex::new(Vec::new()),
             })),
         }
     }
@@ -575,6 +592,43 @@ impl Cache {
             l2_keys,
             broadcast: !inner.bus.is_off(),
         })
+    }
+
+    /// The deep health check of the cache: every write-behind log's append
+    /// thread answers and its disk accepts a sync.
+    ///
+    /// Nothing else can fail here. The L1 is process memory, and reading a
+    /// probe entry back would be a false alarm whenever TinyLFU declines to
+    /// admit it; the L2 is optional by design (Redis down means slower
+    /// reads, not failed ones), so its state is reported by metrics and
+    /// [`Cache::l2_breaker`], never as an unhealthy process that a balancer
+    /// would take out of rotation.
+    pub async fn check(&self) -> Result<(), CacheError> {
+        for log in self.logs() {
+            log.sync().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes every pending write-behind entry of every resource to the
+    /// store now; returns how many were written. Stops at the first
+    /// resource whose store write fails (its entries stay pending).
+    pub async fn flush_write_behind(&self) -> Result<usize, CacheError> {
+        let mut written = 0;
+        for log in self.logs() {
+            written += log.flush().await?;
+        }
+        Ok(written)
+    }
+
+    /// The live write-behind logs.
+    fn logs(&self) -> Vec<std::sync::Arc<dyn LogHandle>> {
+        let Some(inner) = &self.inner else {
+            return Vec::new();
+        };
+        let mut logs = inner.logs.lock().unwrap_or_else(|p| p.into_inner());
+        logs.retain(|l| l.strong_count() > 0);
+        logs.iter().filter_map(Weak::upgrade).collect()
     }
 
     /// The `n` hottest keys (`resource:id`, approximate recent lookups).

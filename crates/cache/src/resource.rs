@@ -323,6 +323,11 @@ impl Cache {
         )
         .await?;
         self.add_task(task);
+        inner
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(wb.handle());
         let mut resource = self.make(name, opts, weigh, Some(codec));
         resource.wb = Some(wb);
         Ok(resource)
@@ -749,6 +754,78 @@ impl<V: Send + Sync + 'static> Resource<V> {
         metrics::counter!(WRITES, "cache" => self.name, "strategy" => strategy, "outcome" => result)
             .increment(1);
         outcome.map(|()| value)
+    }
+
+    /// Runs a store write that produces the stored value (an `UPDATE ...
+    /// RETURNING`, an insert that assigns an id) and updates the cache by the
+    /// resource's strategy before returning:
+    ///
+    /// * cache-aside: the key is dropped everywhere;
+    /// * write-through and write-behind: the returned value goes into L1 and
+    ///   L2 and other instances drop their copies. A write-behind resource
+    ///   uses this for writes that must not be deferred, such as creates.
+    ///
+    /// `Ok(None)` (nothing to write, e.g. no such row) drops the key
+    /// everywhere, so a stale entry cannot outlive a write of a deleted row.
+    /// A store error drops the key too, because a write whose outcome is
+    /// unknown (a timeout after the commit) may have changed the row.
+    pub async fn write_with<E, Fut>(
+        &self,
+        id: impl Into<Id>,
+        store_write: Fut,
+    ) -> Result<Option<Arc<V>>, WriteError<E>>
+    where
+        Fut: Future<Output = Result<Option<V>, E>>,
+    {
+        let id = id.into();
+        let strategy = match self.opts.strategy {
+            WriteStrategy::CacheAside => "cache_aside",
+            WriteStrategy::WriteThrough => "write_through",
+            WriteStrategy::WriteBehind => "write_behind",
+        };
+        let outcome = match store_write.await {
+            Ok(Some(value)) => {
+                let value = Arc::new(value);
+                match &self.wb {
+                    // An older acknowledged write of this key still waits in
+                    // the log, and reads prefer pending values: log this one
+                    // after it, so that it is the one read and flushed last.
+                    Some(wb) if wb.pending_value(&id).is_some() => {
+                        if let Err(e) = wb.append(id.clone(), value.clone()).await {
+                            tracing::warn!(cache = self.name, key = %id, error = %e,
+                                "could not supersede a pending write-behind value");
+                            self.invalidate(id.clone()).await;
+                        }
+                    }
+                    _ => {}
+                }
+                if self.opts.strategy == WriteStrategy::CacheAside {
+                    self.invalidate(id).await;
+                } else {
+                    self.insert(id, value.clone()).await;
+                }
+                Ok(Some(value))
+            }
+            Ok(None) => {
+                self.invalidate(id).await;
+                Ok(None)
+            }
+            Err(e) => {
+                self.invalidate(id).await;
+                Err(WriteError::Store(e))
+            }
+        };
+        let result = if outcome.is_ok() { "ok" } else { "error" };
+        metrics::counter!(WRITES, "cache" => self.name, "strategy" => strategy, "outcome" => result)
+            .increment(1);
+        outcome
+    }
+
+    /// The acknowledged write-behind value of `id` that has not reached the
+    /// store yet, if any. Reads that bypass the cache (e.g. to honour a
+    /// read-your-writes token) must prefer it to what the store says.
+    pub fn pending(&self, id: impl Into<Id>) -> Option<Arc<V>> {
+        self.wb.as_ref()?.pending_value(&id.into())
     }
 
     /// Write-behind entries not yet in the store (0 for other strategies).

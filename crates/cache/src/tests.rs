@@ -691,6 +691,144 @@ async fn shutdown_flushes_write_behind() {
     assert_eq!(store.get(7).as_deref(), Some("seven"));
 }
 
+#[tokio::test]
+async fn write_with_caches_the_stored_value_by_strategy() {
+    let (cache, _) = manual_cache(&config()).await;
+    let store = MapStore::default();
+    store.put(1, "old").unwrap();
+    for (strategy, loads_after_write) in [
+        (WriteStrategy::CacheAside, 2),
+        (WriteStrategy::WriteThrough, 1),
+    ] {
+        let name = match strategy {
+            WriteStrategy::CacheAside => "aside",
+            _ => "through",
+        };
+        let r = cache
+            .resource_with::<String>(
+                name,
+                ResourceOptions {
+                    strategy,
+                    ..opts(60)
+                },
+                weigh_string,
+            )
+            .unwrap();
+        let loads = AtomicUsize::new(0);
+        store.put(1, "old").unwrap();
+        assert_eq!(
+            read_through(&r, &store, 1, &loads).await.as_deref(),
+            Some("old")
+        );
+        let written = r
+            .write_with(1, async {
+                store.put(1, "new")?;
+                Ok::<_, String>(store.get(1))
+            })
+            .await
+            .unwrap();
+        assert_eq!(written.as_deref().map(String::as_str), Some("new"));
+        assert_eq!(
+            read_through(&r, &store, 1, &loads).await.as_deref(),
+            Some("new"),
+            "{strategy:?}"
+        );
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            loads_after_write,
+            "{strategy:?}"
+        );
+
+        // Nothing written (no such row) and a failed write both drop the key.
+        read_through(&r, &store, 1, &loads).await;
+        let before = loads.load(Ordering::SeqCst);
+        r.write_with(1, async { Ok::<Option<String>, String>(None) })
+            .await
+            .unwrap();
+        read_through(&r, &store, 1, &loads).await;
+        assert_eq!(loads.load(Ordering::SeqCst), before + 1, "{strategy:?}");
+        let err = r
+            .write_with(1, async { Err::<Option<String>, _>("timeout".to_owned()) })
+            .await;
+        assert!(matches!(err, Err(WriteError::Store(ref e)) if e == "timeout"));
+        read_through(&r, &store, 1, &loads).await;
+        assert_eq!(loads.load(Ordering::SeqCst), before + 2, "{strategy:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_direct_write_supersedes_a_pending_write_behind_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = write_behind_cache(dir.path(), 1000).await;
+    let store = MapStore::default();
+    let r = cache
+        .write_behind_resource::<String, _>("seen", opts(60), weigh_string, store.clone())
+        .await
+        .unwrap();
+    let loads = AtomicUsize::new(0);
+    r.write(3, "deferred".to_owned(), |_| async { Ok::<(), String>(()) })
+        .await
+        .unwrap();
+    r.write_with(3, async {
+        store.put(3, "direct")?;
+        Ok::<_, String>(store.get(3))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        read_through(&r, &store, 3, &loads).await.as_deref(),
+        Some("direct"),
+        "the older pending value no longer shadows the direct write"
+    );
+    cache.flush_write_behind().await.unwrap();
+    assert_eq!(
+        store.get(3).as_deref(),
+        Some("direct"),
+        "and is not flushed over it"
+    );
+}
+
+#[tokio::test]
+async fn the_health_check_syncs_every_log_and_ignores_l1_admission() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.l1_max_bytes = 1024;
+    c.write_behind.flush_interval = Duration::from_secs(3600);
+    let cache = Cache::builder(&c)
+        .write_behind_dir(dir.path())
+        .build()
+        .await
+        .unwrap();
+    let store = MapStore::default();
+    let r = cache
+        .write_behind_resource::<String, _>("seen", opts(60), weigh_string, store.clone())
+        .await
+        .unwrap();
+    // A full L1 of frequently read keys: TinyLFU refuses newcomers, which
+    // must not matter to the health check.
+    let hot = cache
+        .resource_with::<String>("hot", opts(60), weigh_string)
+        .unwrap();
+    for _ in 0..20 {
+        for id in 0..20 {
+            hot.get_or_load(id, async { Ok::<_, String>(Some("x".repeat(64))) })
+                .await
+                .unwrap();
+        }
+    }
+    cache.run_pending_tasks().await;
+    for _ in 0..50 {
+        cache.check().await.unwrap();
+    }
+    r.write(1, "one".to_owned(), |_| async { Ok::<(), String>(()) })
+        .await
+        .unwrap();
+    assert_eq!(cache.flush_write_behind().await.unwrap(), 1);
+    assert_eq!(store.get(1).as_deref(), Some("one"));
+    drop(r);
+    Cache::disabled().check().await.unwrap();
+}
+
 // === The invalidation receive path ===
 
 fn envelope(origin: u64, seq: u64, event: crate::bus::Event) -> crate::bus::Envelope {
@@ -778,5 +916,20 @@ fn peers_of_the_embedded_stack_come_from_the_api_config() {
         peers.all,
         vec![api.instance_addr(0), api.instance_addr(1)],
         "two instances by default"
+    );
+}
+
+#[test]
+fn the_worker_is_a_member_of_the_embedded_bus() {
+    let config = scalestack_config::Config::default();
+    let peers = Peers::stack(&config, config.worker.listen);
+    assert_eq!(peers.this, config.worker.listen);
+    assert_eq!(
+        peers.all,
+        vec![
+            config.api.instance_addr(0),
+            config.api.instance_addr(1),
+            config.worker.listen
+        ]
     );
 }

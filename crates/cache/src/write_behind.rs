@@ -125,6 +125,11 @@ enum Cmd<V> {
     Rotate {
         reply: oneshot::Sender<Result<Option<PathBuf>, String>>,
     },
+    /// Syncs the active segment: proves that the append thread runs and the
+    /// disk accepts writes (the health check).
+    Sync {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// The write-behind log and flusher of one resource.
@@ -409,6 +414,43 @@ impl<V: Send + Sync + 'static> WriteBehind<V> {
     pub(crate) async fn flush(&self) -> Result<usize, WriteBehindError> {
         self.core.flush().await
     }
+
+    /// A handle on this log for the cache's registry, which checks and
+    /// flushes every log without knowing its value type.
+    pub(crate) fn handle(&self) -> std::sync::Weak<dyn LogHandle> {
+        let core: Arc<dyn LogHandle> = self.core.clone();
+        Arc::downgrade(&core)
+    }
+}
+
+/// What the cache needs of a write-behind log, whatever its value type.
+pub(crate) trait LogHandle: Send + Sync {
+    /// Syncs the active segment through the append thread.
+    fn sync(&self) -> BoxFuture<'_, Result<(), WriteBehindError>>;
+    /// Flushes every pending entry to the store now.
+    fn flush(&self) -> BoxFuture<'_, Result<usize, WriteBehindError>>;
+}
+
+impl<V: Send + Sync + 'static> LogHandle for Core<V> {
+    fn sync(&self) -> BoxFuture<'_, Result<(), WriteBehindError>> {
+        Box::pin(async move {
+            let (reply, synced) = oneshot::channel();
+            self.tx
+                .send(Cmd::Sync { reply })
+                .map_err(|_| WriteBehindError::Closed)?;
+            synced
+                .await
+                .map_err(|_| WriteBehindError::Closed)?
+                .map_err(|e| WriteBehindError::Io {
+                    path: self.dir.clone(),
+                    source: std::io::Error::other(e),
+                })
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<usize, WriteBehindError>> {
+        Box::pin(Core::flush(self))
+    }
 }
 
 impl<V> Clone for WriteBehind<V> {
@@ -563,6 +605,10 @@ impl<V> Appender<V> {
                     Cmd::Rotate { reply } => {
                         self.commit(&mut buf, &mut acks);
                         let _ = reply.send(self.rotate().map_err(|e| e.to_string()));
+                    }
+                    Cmd::Sync { reply } => {
+                        self.commit(&mut buf, &mut acks);
+                        let _ = reply.send(self.file.sync_data().map_err(|e| e.to_string()));
                     }
                 }
                 next = if acks.len() < 4096 {

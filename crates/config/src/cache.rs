@@ -270,7 +270,9 @@ impl Default for WriteBehindConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
-    /// Whether reads go through the cache at all.
+    /// Whether reads go through the cache at all. Without it every read goes
+    /// to the store and every write straight to it (`write_behind` resources
+    /// are written through).
     pub enabled: bool,
     /// Memory budget of the L1 cache per process, in bytes, shared by all
     /// resources; 0 turns the L1 off (reads go to the L2, then the store).
@@ -286,10 +288,18 @@ pub struct CacheConfig {
     pub invalidation: InvalidationConfig,
     /// Logs and flushing of write-behind resources.
     pub write_behind: WriteBehindConfig,
-    /// User profiles (read often, written rarely).
+    /// User profiles (read often, written rarely). Any strategy; under
+    /// `write_behind` a profile change is acknowledged once logged and
+    /// written to the shard later (last write wins by `updated_at`).
     pub users: ResourceCacheConfig,
-    /// Products of the catalog (change infrequently).
+    /// Products of the catalog (change infrequently): `cache_aside` or
+    /// `write_through`. Not `write_behind`, because stock also changes
+    /// through orders, and a delayed write of a whole product would undo them.
     pub products: ResourceCacheConfig,
+    /// Users' last-seen times (`POST /users/{id}/seen`): a high-frequency
+    /// field, `write_behind` by default so that a burst of activity costs one
+    /// store write per user and flush.
+    pub user_activity: ResourceCacheConfig,
     /// Whole API responses (freshness matters more).
     pub responses: ResourceCacheConfig,
     /// Sessions.
@@ -311,6 +321,10 @@ impl Default for CacheConfig {
             write_behind: WriteBehindConfig::default(),
             users: ResourceCacheConfig::with_ttl(Duration::from_secs(15 * 60)),
             products: ResourceCacheConfig::with_ttl(Duration::from_secs(60 * 60)),
+            user_activity: ResourceCacheConfig {
+                strategy: WriteStrategy::WriteBehind,
+                ..ResourceCacheConfig::with_ttl(Duration::from_secs(15 * 60))
+            },
             responses: ResourceCacheConfig {
                 negative_ttl: Duration::from_secs(10),
                 ..ResourceCacheConfig::with_ttl(Duration::from_secs(60))
@@ -371,6 +385,14 @@ impl CacheConfig {
         for (name, resource) in self.resources() {
             resource.validate(&format!("cache.{name}"))?;
         }
+        if self.products.strategy == WriteStrategy::WriteBehind {
+            return Err(invalid(
+                "cache.products.strategy",
+                quoted("write_behind"),
+                "use \"cache_aside\" or \"write_through\": stock also changes through orders, \
+                 and a delayed write of a whole product would undo those changes",
+            ));
+        }
         Ok(())
     }
 
@@ -423,10 +445,11 @@ impl CacheConfig {
     }
 
     /// Every resource table with its key name under `cache.`.
-    pub fn resources(&self) -> [(&'static str, &ResourceCacheConfig); 4] {
+    pub fn resources(&self) -> [(&'static str, &ResourceCacheConfig); 5] {
         [
             ("users", &self.users),
             ("products", &self.products),
+            ("user_activity", &self.user_activity),
             ("responses", &self.responses),
             ("sessions", &self.sessions),
         ]
@@ -503,6 +526,15 @@ mod tests {
         assert_eq!(
             wb.instance_dir(std::path::Path::new("data"), "api-1"),
             std::path::PathBuf::from("data/cache-wal/api-1")
+        );
+    }
+
+    #[test]
+    fn products_refuse_write_behind() {
+        let msg = check("[cache.products]\nttl = \"1h\"\nstrategy = \"write_behind\"\n");
+        assert!(
+            msg.contains("`cache.products.strategy` = \"write_behind\""),
+            "{msg}"
         );
     }
 

@@ -1,8 +1,10 @@
-//! Settings of the worker process (`[worker]`): its listener and how it runs
-//! consumer groups (concurrency, batches, retries with backoff, shutdown).
+//! Settings of the worker process (`[worker]`): its listener, how it runs
+//! consumer groups (concurrency, batches, retries with backoff, shutdown),
+//! the outbox relay (`[worker.relay]`) and the mail sink (`[worker.email]`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -116,6 +118,67 @@ impl ConsumerConfig {
     }
 }
 
+/// The outbox relay: publishes the rows that writes left in every database's
+/// outbox and marks them sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Outbox rows of one database read and published at once.
+    pub batch_size: usize,
+    /// How often an idle relay looks for new outbox rows; a relay that found
+    /// a full batch looks again at once.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub poll_interval: Duration,
+    /// How long published rows stay in the outbox (for operators'
+    /// `GET /admin/outbox?unsent=false`) before they are deleted.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub sent_retention: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval: Duration::from_millis(20),
+            sent_retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The mail sink of the `email` consumer group and of `POST /emails` jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailConfig {
+    /// Directory that receives every email as an RFC 5322 `.eml` file, one
+    /// file per message (its name is the message's identity, so a redelivered
+    /// message never makes a second file); a relative path is inside `data_dir`.
+    pub sink_dir: PathBuf,
+    /// The `From:` address of the emails.
+    pub from: String,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            sink_dir: PathBuf::from("mail"),
+            from: "orders@scalestack.localhost".into(),
+        }
+    }
+}
+
+impl EmailConfig {
+    /// The sink directory, resolved inside `data_dir` when relative.
+    pub fn sink_path(&self, data_dir: &Path) -> PathBuf {
+        if self.sink_dir.is_absolute() {
+            self.sink_dir.clone()
+        } else {
+            data_dir.join(&self.sink_dir)
+        }
+    }
+}
+
 /// The background worker process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
@@ -138,8 +201,20 @@ pub struct WorkerConfig {
     pub consumer: ConsumerConfig,
     /// Settings of single groups by name, e.g. `[worker.groups.email]`; a
     /// group listed here uses only its own table, whose missing keys take the
-    /// built-in defaults shown under `[worker.consumer]`.
+    /// built-in defaults shown under `[worker.consumer]`. The groups of the
+    /// reference service are `inventory`, `email` and `analytics` (topic
+    /// `orders`) and `jobs` (topic `jobs`).
     pub groups: BTreeMap<String, ConsumerConfig>,
+    /// How long consumers remember the ids of messages whose effect they
+    /// applied, to recognise a redelivery or a duplicate publish; must
+    /// outlast any redelivery, so at least `queue.retention` is wise.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub dedupe_retention: Duration,
+    /// The outbox relay.
+    pub relay: RelayConfig,
+    /// The mail sink.
+    pub email: EmailConfig,
 }
 
 impl Default for WorkerConfig {
@@ -151,6 +226,9 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             consumer: ConsumerConfig::default(),
             groups: BTreeMap::new(),
+            dedupe_retention: Duration::from_secs(8 * 24 * 3600),
+            relay: RelayConfig::default(),
+            email: EmailConfig::default(),
         }
     }
 }
@@ -179,6 +257,36 @@ impl WorkerConfig {
                 ));
             }
             group.validate(&format!("worker.groups.{name}"))?;
+        }
+        positive("worker.dedupe_retention", self.dedupe_retention)?;
+        let relay = &self.relay;
+        if !(1..=10_000).contains(&relay.batch_size) {
+            return Err(invalid(
+                "worker.relay.batch_size",
+                relay.batch_size,
+                "must be 1 to 10000",
+            ));
+        }
+        positive("worker.relay.poll_interval", relay.poll_interval)?;
+        positive("worker.relay.sent_retention", relay.sent_retention)?;
+        if self.email.sink_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "worker.email.sink_dir",
+                "\"\"",
+                "must name a directory",
+            ));
+        }
+        let from = &self.email.from;
+        let address_ok = matches!(from.split_once('@'), Some((local, domain)) if !local.is_empty() && !domain.is_empty())
+            && !from
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>');
+        if !address_ok {
+            return Err(invalid(
+                "worker.email.from",
+                quoted(from),
+                "must be an address such as orders@example.com",
+            ));
         }
         Ok(())
     }
@@ -214,6 +322,40 @@ mod tests {
         );
         let msg = error_of("[worker.groups.\"a.b\"]\n");
         assert!(msg.contains("`worker.groups` = \"a.b\""), "{msg}");
+    }
+
+    #[test]
+    fn relay_and_email_values_name_key_and_value() {
+        let msg = error_of("[worker.relay]\nbatch_size = 0\n");
+        assert!(msg.contains("`worker.relay.batch_size` = 0"), "{msg}");
+        let msg = error_of("[worker.relay]\npoll_interval = \"0s\"\n");
+        assert!(
+            msg.contains("`worker.relay.poll_interval` = \"0s\""),
+            "{msg}"
+        );
+        let msg = error_of("[worker.email]\nfrom = \"nobody\"\n");
+        assert!(msg.contains("`worker.email.from` = \"nobody\""), "{msg}");
+        let msg = error_of("[worker.email]\nsink_dir = \"\"\n");
+        assert!(msg.contains("`worker.email.sink_dir` = \"\""), "{msg}");
+        let msg = error_of("[worker]\ndedupe_retention = \"0s\"\n");
+        assert!(msg.contains("`worker.dedupe_retention` = \"0s\""), "{msg}");
+    }
+
+    #[test]
+    fn the_sink_resolves_inside_the_data_dir() {
+        let email = crate::EmailConfig::default();
+        assert_eq!(
+            email.sink_path(std::path::Path::new("data")),
+            std::path::PathBuf::from("data/mail")
+        );
+        let absolute = crate::EmailConfig {
+            sink_dir: "/var/mail/x".into(),
+            ..email
+        };
+        assert_eq!(
+            absolute.sink_path(std::path::Path::new("data")),
+            std::path::PathBuf::from("/var/mail/x")
+        );
     }
 
     #[test]

@@ -25,26 +25,40 @@ use scalestack_config::{Backend, Config, ReplicaSetConfig, redact_url};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+mod activity;
+mod analytics;
 mod backend;
 mod error;
 mod idempotency;
 pub mod ids;
+mod inventory;
+mod jobs;
 mod node;
 mod orders;
 mod outbox;
 mod products;
+mod relay;
 mod replica;
 pub mod shard;
 mod token;
 mod users;
 
+pub use activity::UserActivity;
+pub use analytics::{ANALYTICS_CONSUMER, ProductSales, SaleEvent, SaleKind, UserSummary};
 use backend::{Pool, PoolSettings, Role};
 pub use error::StoreError;
 pub use idempotency::{IDEMPOTENCY_PURGED, IdempotencyKey, Placement, StoredResponse};
+pub use inventory::{
+    ORDER_CONFIRMED, ORDER_REJECTED, OrderRejected, Settled, StockOutcome, StockRequest,
+    StockResult,
+};
+pub use jobs::{JOB_STATES, JOBS_TOPIC, JobRecord, JobSubmitted};
 use node::Node;
 pub use node::{QUERIES, QUERY_DURATION, QUERY_ERRORS};
 pub use orders::{OrderFilter, OrderPosition};
 pub use outbox::OutboxRow;
+pub use products::ProductPatch;
+pub use relay::{OutboxLag, RelayRow};
 use replica::ReplicaSet;
 pub use replica::{
     Consistency, READS, REPLICA_LAG, REPLICA_LAG_BYTES, REPLICA_USABLE, ReplicaStatus,

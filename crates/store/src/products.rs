@@ -5,6 +5,19 @@ use sqlx::QueryBuilder;
 use crate::backend::BeginWrite as _;
 use crate::{Consistency, NewProduct, ProductRecord, Store, StoreError, Written, now_ms, on_pool};
 
+/// Fields of a product to change; `None` keeps the stored value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProductPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New price in cents.
+    pub price_cents: Option<i64>,
+    /// New units in stock.
+    pub stock: Option<i64>,
+}
+
 impl Store {
     /// Creates a product in the catalog.
     pub async fn create_product(
@@ -32,6 +45,43 @@ impl Store {
         Ok(Written {
             value: product,
             token: catalog.token_after_commit().await,
+        })
+    }
+
+    /// Changes the given fields of a product; `None` when there is no such
+    /// product.
+    pub async fn update_product(
+        &self,
+        id: i64,
+        patch: &ProductPatch,
+    ) -> Result<Written<Option<ProductRecord>>, StoreError> {
+        let catalog = self.catalog();
+        let product = catalog
+            .write("update_product", async {
+                on_pool!(&catalog.primary.pool, p => sqlx::query_as::<_, ProductRecord>(
+                    "UPDATE products SET name = COALESCE($2, name), \
+                     description = COALESCE($3, description), \
+                     price_cents = COALESCE($4, price_cents), stock = COALESCE($5, stock), \
+                     updated_at = $6 WHERE id = $1 \
+                     RETURNING id, name, description, price_cents, stock, created_at, updated_at",
+                )
+                .bind(id)
+                .bind(patch.name.as_deref())
+                .bind(patch.description.as_deref())
+                .bind(patch.price_cents)
+                .bind(patch.stock)
+                .bind(now_ms())
+                .fetch_optional(p)
+                .await)
+            })
+            .await?;
+        let token = match product {
+            Some(_) => catalog.token_after_commit().await,
+            None => None,
+        };
+        Ok(Written {
+            value: product,
+            token,
         })
     }
 

@@ -1,14 +1,16 @@
 //! The HTTP API of the reference service (`scalestack api`).
 //!
-//! One module per resource ([`users`], [`products`], [`orders`], [`admin`])
-//! plus the operations endpoints ([`ops`]); each registers its routes with
+//! One module per resource ([`users`], [`products`], [`orders`], [`jobs`],
+//! [`analytics`], [`admin`] with [`dlq`]) plus the operations endpoints
+//! ([`ops`]); each registers its routes with
 //! their OpenAPI documentation ([`openapi`]). Users and their orders live on
-//! user shards, products in the catalog; reads of users and products are
-//! cache-aside through the process's L1 cache unless the request carries a
-//! consistency token for their database ([`consistency`]), and a write
-//! invalidates the entry it changed on this instance. Responses go through
-//! [`representation`] (format, ETag, compression); every error is a JSON
-//! body naming the problem ([`error`]).
+//! user shards, products in the catalog; reads of users and products go
+//! through the cache tier (`cached`: L1, the Redis L2 when configured, then
+//! the store) unless the request carries a consistency token for their
+//! database ([`consistency`]), and every write updates or invalidates the
+//! cached entry on every instance by its resource's write strategy.
+//! Responses go through [`representation`] (format, ETag, compression);
+//! every error is a JSON body naming the problem ([`error`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,18 +19,22 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use scalestack_cache::{Cache, Resource};
+use scalestack_cache::{Cache, Peers, Resource};
 use scalestack_config::{ApiConfig, Config};
-use scalestack_store::{Consistency, DbId, ProductRecord, Store, UserRecord, ids};
+use scalestack_store::{Consistency, DbId, ProductRecord, Store, UserActivity, UserRecord, ids};
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
 pub mod admin;
+pub mod analytics;
+mod cached;
 pub mod consistency;
+pub mod dlq;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod jobs;
 pub mod openapi;
 pub mod ops;
 pub mod orders;
@@ -54,40 +60,63 @@ pub struct AppState {
     cache: Cache,
     users: Resource<UserRecord>,
     products: Resource<ProductRecord>,
+    activity: Resource<UserActivity>,
     config: Arc<ApiConfig>,
     instance: Arc<str>,
     started: Instant,
     inflight: idempotency::InFlight,
+    /// The queue, for the dead-letter operations of `/admin/dlq`.
+    dlq: dlq::DlqHandle,
 }
 
 impl AppState {
-    /// State over an open store, with the cache built from `config.cache`.
-    pub fn new(config: &Config, store: Store, instance: &str) -> Self {
-        let cache = if config.cache.enabled {
-            Cache::new(config.cache.l1_max_bytes)
-        } else {
-            Cache::disabled()
+    /// State of an api process on its own (tests, tools): its cache is built
+    /// from `config.cache` and exchanges invalidations only over Redis, if
+    /// configured.
+    pub async fn new(config: &Config, store: Store, instance: &str) -> Result<Self, AppError> {
+        let at = cached::Placement {
+            instance,
+            peers: None,
         };
-        let users = cache.resource("users", config.cache.users.ttl, |u: &UserRecord| {
-            u.email.len() + u.name.len()
-        });
-        let products = cache.resource(
-            "products",
-            config.cache.products.ttl,
-            |p: &ProductRecord| p.name.len() + p.description.len(),
-        );
+        Self::build(config, store, at).await
+    }
+
+    /// State of api instance `index` of the stack: without Redis, its cache
+    /// exchanges invalidations with the other processes of the stack over UDP.
+    pub async fn for_instance(config: &Config, store: Store, index: u16) -> Result<Self, AppError> {
+        let at = cached::Placement {
+            instance: &format!("api-{index}"),
+            peers: Some(Peers::stack(config, config.api.instance_addr(index))),
+        };
+        Self::build(config, store, at).await
+    }
+
+    async fn build(
+        config: &Config,
+        store: Store,
+        at: cached::Placement<'_>,
+    ) -> Result<Self, AppError> {
+        let instance = at.instance.into();
+        let cached = cached::Cached::build(config, &store, at).await?;
         representation::describe_metrics();
         idempotency::describe_metrics();
-        Self {
+        Ok(Self {
             store,
-            cache,
-            users,
-            products,
+            cache: cached.cache,
+            users: cached.users,
+            products: cached.products,
+            activity: cached.activity,
             config: Arc::new(config.api.clone()),
-            instance: instance.into(),
+            instance,
             started: Instant::now(),
             inflight: idempotency::InFlight::default(),
-        }
+            dlq: dlq::DlqHandle::new(config),
+        })
+    }
+
+    /// Stops the cache's background work after a last write-behind flush.
+    pub async fn shutdown(&self) {
+        self.cache.shutdown().await;
     }
 
     fn page_limit(&self, requested: Option<u32>) -> u32 {
@@ -117,6 +146,10 @@ impl AppState {
         }
         let db = self.user_db(id);
         if tokens.covers(db) {
+            // A profile written behind is newer than any store row.
+            if let Some(user) = self.users.pending(id) {
+                return Ok(Some(user));
+            }
             let user = self.store.get_user(id, tokens.for_db(db)).await?;
             return Ok(user.map(Arc::new));
         }
@@ -170,6 +203,9 @@ pub(crate) fn resource_routes() -> OpenApiRouter<AppState> {
         .merge(products::routes())
         .merge(orders::routes())
         .merge(admin::routes())
+        .merge(jobs::routes())
+        .merge(analytics::routes())
+        .merge(dlq::routes())
 }
 
 /// The api's routes, with representation (format, ETag, compression),
@@ -217,9 +253,11 @@ pub async fn run(
     let addr = config.api.instance_addr(index);
     let listener = bind(&instance, &ApiConfig::instance_key(index), addr).await?;
     let store = Store::open(config).await?;
-    let state = AppState::new(config, store.clone(), &instance);
+    let state = AppState::for_instance(config, store.clone(), index).await?;
     tracing::info!(%instance, %addr, "api serving");
-    let result = serve(&instance, listener, router(state), shutdown).await;
+    let result = serve(&instance, listener, router(state.clone()), shutdown).await;
+    // Writes acknowledged behind the cache reach the store before it closes.
+    state.shutdown().await;
     store.close().await;
     tracing::info!(%instance, "api stopped");
     result

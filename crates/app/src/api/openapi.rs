@@ -29,7 +29,9 @@ use super::views::{OrderView, ProductView};
         (name = "users", description = "Users, on the shard their id maps to"),
         (name = "products", description = "The unsharded catalog"),
         (name = "orders", description = "Orders, co-located with their user"),
-        (name = "admin", description = "Operators' views"),
+        (name = "jobs", description = "Work done in the background: 202 Accepted, then poll /jobs/{id}"),
+        (name = "analytics", description = "The CQRS read model built from order events"),
+        (name = "admin", description = "Operators' views: the outbox and the dead-letter queue"),
         (name = "operations", description = "Health, metrics and this document"),
     )
 )]

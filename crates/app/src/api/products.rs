@@ -1,14 +1,16 @@
-//! `/products`: the catalog — create, read (cache-aside, projected), list.
+//! `/products`: the catalog — create, read (through the cache, projected),
+//! patch (by the `products` resource's write strategy), list.
 
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use scalestack_store::{DbId, NewProduct};
+use scalestack_store::{DbId, NewProduct, ProductPatch, StoreError};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::cached::write_error;
 use super::consistency::{Tokens, attach};
 use super::error::{ApiError, ErrorDoc};
 use super::extract::{Id, JsonBody, check_fields, decode_cursor, parse_query};
@@ -20,7 +22,7 @@ use super::{AppState, created, next_cursor, validate_range, validate_text};
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_products, create_product))
-        .routes(routes!(get_product))
+        .routes(routes!(get_product, patch_product))
 }
 
 /// A product to create.
@@ -36,6 +38,20 @@ pub(crate) struct CreateProduct {
     price_cents: i64,
     /// Units in stock, 0 to 10^9.
     stock: i64,
+}
+
+/// Fields of a product to change; at least one.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PatchProduct {
+    /// New name, 1 to 200 characters.
+    name: Option<String>,
+    /// New description, up to 2,000 characters.
+    description: Option<String>,
+    /// New price in cents, 0 to 10^12.
+    price_cents: Option<i64>,
+    /// New units in stock, 0 to 10^9.
+    stock: Option<i64>,
 }
 
 /// Creates a product in the catalog.
@@ -69,6 +85,12 @@ pub(crate) async fn create_product(
         })
         .await?;
     let product = &written.value;
+    // A cached "not found" of this id must not outlive the create.
+    let new = product.clone();
+    s.products
+        .write_with(product.id, async { Ok::<_, StoreError>(Some(new)) })
+        .await
+        .map_err(write_error)?;
     let mut response = created(
         &format!("/products/{}", product.id),
         &ProductView::from(product),
@@ -109,6 +131,73 @@ pub(crate) async fn get_product(
         &ProductView::from(&*product),
         q.fields.as_deref(),
     ))
+}
+
+/// Changes a product's name, description, price or stock. Every instance
+/// drops its cached copy (cache-aside) or holds the new one (write-through)
+/// before the response is sent.
+#[utoipa::path(
+    patch, path = "/products/{id}", tag = "products",
+    params(("id" = i64, Path, description = "Product id")),
+    request_body = PatchProduct,
+    responses(
+        (status = 200, description = "The changed product", body = ProductView,
+            headers(("Consistency-Token" = String, description = "Send back on reads to see this write"))),
+        (status = 400, description = "Malformed body, invalid field or empty patch", body = ErrorDoc),
+        (status = 404, description = "No such product", body = ErrorDoc),
+    )
+)]
+pub(crate) async fn patch_product(
+    State(s): State<AppState>,
+    Id(id): Id,
+    JsonBody(body): JsonBody<PatchProduct>,
+) -> Result<Response, ApiError> {
+    if body.name.is_none()
+        && body.description.is_none()
+        && body.price_cents.is_none()
+        && body.stock.is_none()
+    {
+        return Err(ApiError::bad_request(
+            "empty_patch",
+            "a patch must change at least one of: name, description, price_cents, stock",
+        ));
+    }
+    if let Some(name) = &body.name {
+        validate_text("name", name, 1, 200)?;
+    }
+    if let Some(description) = &body.description {
+        validate_text("description", description, 0, 2_000)?;
+    }
+    if let Some(price) = body.price_cents {
+        validate_range("price_cents", price, 0, 1_000_000_000_000)?;
+    }
+    if let Some(stock) = body.stock {
+        validate_range("stock", stock, 0, 1_000_000_000)?;
+    }
+    let patch = ProductPatch {
+        name: body.name,
+        description: body.description,
+        price_cents: body.price_cents,
+        stock: body.stock,
+    };
+    let mut token = None;
+    let product = if id > 0 {
+        s.products
+            .write_with(id, async {
+                let written = s.store.update_product(id, &patch).await?;
+                token = written.token;
+                Ok(written.value)
+            })
+            .await
+            .map_err(write_error)?
+    } else {
+        None
+    };
+    let product =
+        product.ok_or_else(|| ApiError::not_found(format!("product {id} does not exist")))?;
+    let mut response = json_response(StatusCode::OK, &ProductView::from(&*product));
+    attach(&mut response, token);
+    Ok(response)
 }
 
 /// A page of products in id order.

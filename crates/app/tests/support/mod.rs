@@ -64,7 +64,10 @@ impl Api {
         // As the binary does at start-up: record from the first request on.
         scalestack_telemetry::metrics::install("api", "api-test");
         let store = Store::open(&config).await.unwrap();
-        let router = router(AppState::new(&config, store.clone(), "api-test"));
+        let state = AppState::new(&config, store.clone(), "api-test")
+            .await
+            .unwrap();
+        let router = router(state);
         Self {
             router,
             store,
