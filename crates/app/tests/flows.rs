@@ -359,6 +359,27 @@ async fn jobs_are_accepted_at_once_and_report_their_state() {
     assert_eq!(report["result"]["report"], "top_customers");
     assert!(report["result"]["rows"].is_array(), "{report}");
 
+    // A job a worker has started reads as running, with its attempt, and
+    // without a result yet (the job is started here, not relayed).
+    let (s, slow) = f
+        .json(
+            Method::POST,
+            "/reports",
+            Some(r#"{"report":"top_products"}"#),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{slow}");
+    let slow_id = slow["id"].as_i64().unwrap();
+    f.api.store.start_job(slow_id, 1).await.unwrap().unwrap();
+    let (s, running) = f.json(Method::GET, &format!("/jobs/{slow_id}"), None).await;
+    assert_eq!(s, StatusCode::OK, "{running}");
+    assert_eq!(
+        (running["state"].as_str(), running["attempts"].as_i64()),
+        (Some("running"), Some(1)),
+        "{running}"
+    );
+    assert_eq!(running["result"], Value::Null, "{running}");
+
     let (s, e) = f.json(Method::GET, "/jobs/424242", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
     let (s, e) = f.json(Method::GET, "/jobs/x", None).await;

@@ -12,15 +12,28 @@
 //! systems: a row is marked sent only after its publish was acknowledged, so
 //! a relay that dies in between publishes the row again with the same message
 //! id, and consumers recognise it.
+//!
+//! It also places orders in bulk, each with its outbox row
+//! ([`Store::insert_orders`]): the load that the relay's proof tests and the
+//! end-to-end benchmark push through the flows.
 
+use futures::future::try_join_all;
 use sqlx::QueryBuilder;
 
+use crate::backend::{BeginWrite as _, Pool};
 use crate::replica::ReplicaSet;
-use crate::{Consistency, DbId, Store, StoreError, on_pool};
+use crate::{
+    Consistency, DbId, NewOrder, ORDERS_TOPIC, OrderPlaced, OrderRecord, Store, StoreError, ids,
+    now_ms, on_pool,
+};
 
 /// Ids marked sent per statement: one parameter each, well within both
 /// engines' limits.
 const MARK_CHUNK: usize = 1_000;
+
+/// Orders written per multi-row statement by [`Store::insert_orders`]: 8
+/// parameters a row, well within both engines' limits.
+const INSERT_CHUNK: usize = 1_000;
 
 /// An unsent outbox row of one database.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -161,4 +174,138 @@ impl Store {
             oldest_created_at: oldest,
         })
     }
+}
+
+// === bulk load ===
+
+impl Store {
+    /// Places many orders at once, each with its `order.placed` outbox row,
+    /// as [`Store::create_order`] would but in one transaction per shard with
+    /// multi-row statements, shards in parallel: a load for the relay and the
+    /// consumer groups (proof tests and `cargo xtask bench queue`).
+    ///
+    /// The users must exist and the prices come from the caller, as for
+    /// `create_order`; unlike it, a missing user is not checked on SQLite.
+    /// Returns the orders as written, in no particular order.
+    pub async fn insert_orders(&self, orders: &[NewOrder]) -> Result<Vec<OrderRecord>, StoreError> {
+        let mut per_shard: Vec<Vec<&NewOrder>> = vec![Vec::new(); self.inner.shards.len()];
+        for order in orders {
+            per_shard[self.inner.map.shard_of_user(order.user_id)].push(order);
+        }
+        let written = try_join_all(
+            per_shard
+                .into_iter()
+                .enumerate()
+                .filter(|(_, rows)| !rows.is_empty())
+                .map(|(i, rows)| async move {
+                    let shard = self.shard(i);
+                    shard
+                        .write("insert_orders", async {
+                            match &shard.primary.pool {
+                                Pool::Sqlite(p) => insert_orders_sqlite(self, p, &rows).await,
+                                Pool::Postgres(p) => insert_orders_postgres(self, p, &rows).await,
+                            }
+                        })
+                        .await
+                }),
+        )
+        .await?;
+        Ok(written.into_iter().flatten().collect())
+    }
+}
+
+/// The records of `rows` with ids from sequence values `seqs`.
+fn records(store: &Store, rows: &[&NewOrder], seqs: &[i64], now: i64) -> Vec<OrderRecord> {
+    rows.iter()
+        .zip(seqs)
+        .map(|(new, seq)| OrderRecord {
+            id: ids::order_id(*seq, store.inner.map.bucket_of_user(new.user_id)),
+            user_id: new.user_id,
+            product_id: new.product_id,
+            quantity: new.quantity,
+            unit_price_cents: new.unit_price_cents,
+            total_cents: new.quantity * new.unit_price_cents,
+            status: "placed".into(),
+            created_at: now,
+        })
+        .collect()
+}
+
+/// Writes `$orders` and their outbox rows inside `$tx`, a transaction of
+/// engine `$db` (a macro because the statements are the same text on both).
+macro_rules! write_orders {
+    ($tx:expr, $orders:expr, $db:ty) => {{
+        for chunk in $orders.chunks(INSERT_CHUNK) {
+            let mut q = QueryBuilder::<$db>::new(
+                "INSERT INTO orders (id, user_id, product_id, quantity, unit_price_cents, \
+                 total_cents, status, created_at) ",
+            );
+            q.push_values(chunk, |mut b, o| {
+                b.push_bind(o.id)
+                    .push_bind(o.user_id)
+                    .push_bind(o.product_id)
+                    .push_bind(o.quantity)
+                    .push_bind(o.unit_price_cents)
+                    .push_bind(o.total_cents)
+                    .push_bind(o.status.clone())
+                    .push_bind(o.created_at);
+            });
+            q.build().execute(&mut *$tx).await?;
+            let mut q =
+                QueryBuilder::<$db>::new("INSERT INTO outbox (topic, key, payload, created_at) ");
+            q.push_values(chunk, |mut b, o| {
+                b.push_bind(ORDERS_TOPIC)
+                    .push_bind(o.user_id.to_string())
+                    .push_bind(event_of(o))
+                    .push_bind(o.created_at);
+            });
+            q.build().execute(&mut *$tx).await?;
+        }
+    }};
+}
+
+fn event_of(order: &OrderRecord) -> String {
+    serde_json::to_string(&OrderPlaced {
+        kind: "order.placed".into(),
+        order: order.clone(),
+    })
+    .expect("an event serializes")
+}
+
+async fn insert_orders_sqlite(
+    store: &Store,
+    pool: &sqlx::SqlitePool,
+    rows: &[&NewOrder],
+) -> Result<Vec<OrderRecord>, sqlx::Error> {
+    let mut tx = pool.begin_write().await?;
+    let n = rows.len() as i64;
+    let first: i64 = sqlx::query_scalar(
+        "UPDATE id_sequences SET next_value = next_value + $1 WHERE name = 'orders' \
+         RETURNING next_value - $1",
+    )
+    .bind(n)
+    .fetch_one(&mut *tx)
+    .await?;
+    let seqs: Vec<i64> = (first..first + n).collect();
+    let orders = records(store, rows, &seqs, now_ms());
+    write_orders!(tx, orders, sqlx::Sqlite);
+    tx.commit().await?;
+    Ok(orders)
+}
+
+async fn insert_orders_postgres(
+    store: &Store,
+    pool: &sqlx::PgPool,
+    rows: &[&NewOrder],
+) -> Result<Vec<OrderRecord>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let seqs: Vec<i64> =
+        sqlx::query_scalar("SELECT nextval('order_seq') FROM generate_series(1, $1)")
+            .bind(rows.len() as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+    let orders = records(store, rows, &seqs, now_ms());
+    write_orders!(tx, orders, sqlx::Postgres);
+    tx.commit().await?;
+    Ok(orders)
 }

@@ -143,6 +143,64 @@ async fn postgres_every_outbox_is_relayed_once_marked() {
     every_outbox_is_relayed_once_marked(Fixture::postgres().await).await;
 }
 
+/// Orders placed in bulk are what single placements would have been: an
+/// id in the user's shard, an `order.placed` row in that shard's outbox, the
+/// next single placement continuing the sequence.
+async fn bulk_orders_are_placed_with_their_outbox_rows(f: Fixture) {
+    let store = f.open().await;
+    let mut users = Vec::new();
+    for _ in 0..5 {
+        users.push(user(&store).await);
+    }
+    let p = product(&store, 10).await;
+    let news: Vec<NewOrder> = (0..2_500)
+        .map(|i| NewOrder {
+            user_id: users[i % users.len()],
+            product_id: p,
+            quantity: 1 + (i as i64 % 3),
+            unit_price_cents: 250,
+        })
+        .collect();
+    let written = store.insert_orders(&news).await.unwrap();
+    assert_eq!(written.len(), news.len());
+    let ids: std::collections::HashSet<i64> = written.iter().map(|o| o.id).collect();
+    assert_eq!(ids.len(), news.len(), "every id is new");
+    for o in written.iter().step_by(97) {
+        let read = store
+            .get_order(o.id, Consistency::Primary)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&read, o);
+    }
+    let mut payloads = 0;
+    for db in store.outbox_databases() {
+        for row in store.outbox_pending(db, 10_000).await.unwrap() {
+            assert_eq!(row.topic, "orders");
+            let event: serde_json::Value = serde_json::from_str(&row.payload).unwrap();
+            assert_eq!(event["type"], "order.placed");
+            let id = event["order"]["id"].as_i64().unwrap();
+            assert!(ids.contains(&id), "{event}");
+            assert_eq!(row.key, event["order"]["user_id"].to_string());
+            payloads += 1;
+        }
+    }
+    assert_eq!(payloads, news.len());
+    let next = order(&store, users[0], p, 1).await;
+    assert!(!ids.contains(&next));
+    assert!(store.insert_orders(&[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sqlite_bulk_orders_are_placed_with_their_outbox_rows() {
+    bulk_orders_are_placed_with_their_outbox_rows(Fixture::sqlite()).await;
+}
+
+#[tokio::test]
+async fn postgres_bulk_orders_are_placed_with_their_outbox_rows() {
+    bulk_orders_are_placed_with_their_outbox_rows(Fixture::postgres().await).await;
+}
+
 // === inventory ===
 
 async fn stock_is_taken_once_per_order(f: Fixture) {

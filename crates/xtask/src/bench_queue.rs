@@ -1,11 +1,12 @@
 //! `cargo xtask bench queue`: publish and consume throughput of the queue's
 //! two backends, side by side with the raw async-nats client on the same
-//! nats-server.
+//! nats-server, and the end-to-end latency of an order's three effects.
 //!
-//! Starts a nats-server from testkit, runs the optimised measuring program
-//! `crates/queue/benches/throughput.rs` against it, prints a table with the
-//! ratios to the raw client (the target is at least 0.8×) and appends it to
-//! `BENCHMARKS.md` unless `--no-append`.
+//! Starts a nats-server from testkit, runs the optimised measuring programs
+//! `crates/queue/benches/throughput.rs` and `crates/app/benches/flows.rs`
+//! against it, prints a table with the ratios to the raw client (the target
+//! is at least 0.8×) and one with the order → inventory + email + analytics
+//! latency, and appends both to `BENCHMARKS.md` unless `--no-append`.
 
 use std::fmt::Write as _;
 use std::process::{Command, Stdio};
@@ -36,9 +37,23 @@ pub(crate) struct Args {
     /// Publishes awaiting their ack at once.
     #[arg(long, default_value_t = 1_000)]
     window: usize,
+    /// Orders placed for the end-to-end latency rows.
+    #[arg(long, default_value_t = 5_000)]
+    orders: usize,
+    /// Orders placed per second (an open model: on schedule, not after the
+    /// previous one's effects).
+    #[arg(long, default_value_t = 250.0)]
+    order_rate: f64,
     /// Print only; do not append to BENCHMARKS.md.
     #[arg(long)]
     no_append: bool,
+}
+
+struct LatencyRow {
+    name: String,
+    p50: f64,
+    p99: f64,
+    max: f64,
 }
 
 struct Row {
@@ -104,12 +119,80 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             rows.len()
         );
     }
-    let table = render(&rows);
+    let latency = end_to_end(args, &server, dir.path())?;
+    let table = format!("{}\n{}", render(&rows), render_latency(args, &latency));
     println!("{table}");
     if !args.no_append {
         append(args, &table)?;
     }
     Ok(())
+}
+
+/// Runs `crates/app/benches/flows.rs`: order → all three effects, per backend.
+fn end_to_end(args: &Args, server: &NatsServer, dir: &std::path::Path) -> Result<Vec<LatencyRow>> {
+    eprintln!(
+        "xtask: cargo bench -p scalestack-app --bench flows ({} orders at {}/s)",
+        args.orders, args.order_rate
+    );
+    let output = cargo()
+        .args([
+            "bench",
+            "-q",
+            "-p",
+            "scalestack-app",
+            "--bench",
+            "flows",
+            "--",
+        ])
+        .args(["--nats-url", &server.url()])
+        .arg("--dir")
+        .arg(dir)
+        .args(["--orders", &args.orders.to_string()])
+        .args(["--rate", &args.order_rate.to_string()])
+        .current_dir(root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("run the end-to-end order benchmark")?;
+    if !output.status.success() {
+        bail!(
+            "the end-to-end order benchmark failed with {}",
+            output.status
+        );
+    }
+    let rows: Vec<LatencyRow> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .map(|v| LatencyRow {
+            name: v["name"].as_str().unwrap_or("?").to_owned(),
+            p50: v["e2e_p50_ms"].as_f64().unwrap_or(f64::NAN),
+            p99: v["e2e_p99_ms"].as_f64().unwrap_or(f64::NAN),
+            max: v["e2e_max_ms"].as_f64().unwrap_or(f64::NAN),
+        })
+        .collect();
+    if rows.len() != 2 {
+        bail!(
+            "expected 2 latency rows from the benchmark, got {}",
+            rows.len()
+        );
+    }
+    Ok(rows)
+}
+
+fn render_latency(args: &Args, rows: &[LatencyRow]) -> String {
+    let mut out = format!(
+        "End to end, {} orders at {}/s: from the order's commit to the last of its stock \
+         reservation, email file and analytics update.\n\n\
+         | backend | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|\n",
+        args.orders, args.order_rate
+    );
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.0} | {:.0} |",
+            row.name, row.p50, row.p99, row.max
+        );
+    }
+    out
 }
 
 fn render(rows: &[Row]) -> String {
@@ -155,7 +238,7 @@ fn append(args: &Args, table: &str) -> Result<()> {
          runtime with {} consume loops and batches of {}. CPU = utime + stime of the benchmark \
          process plus, for the NATS rows, the server, per message.\n\n\
          Command: `cargo xtask bench queue --messages {} --payload {} --batch {} --partitions {} \
-         --concurrency {} --window {}`\n\n{table}",
+         --concurrency {} --window {} --orders {} --order-rate {}`\n\n{table}",
         args.messages,
         args.payload,
         args.window,
@@ -170,6 +253,8 @@ fn append(args: &Args, table: &str) -> Result<()> {
         args.partitions,
         args.concurrency,
         args.window,
+        args.orders,
+        args.order_rate,
     );
     std::fs::write(&path, text)?;
     eprintln!("xtask: appended to {}", path.display());

@@ -51,7 +51,8 @@ enum Bench {
     /// `scalestack bench` and wrk as clients, CPU per request of every process.
     Stack(bench_stack::Args),
     /// Publish and consume msg/s of the queue's embedded and JetStream
-    /// backends, against the raw async-nats client on the same nats-server.
+    /// backends, against the raw async-nats client on the same nats-server;
+    /// p50/p99 from an order to all three of its effects.
     Queue(bench_queue::Args),
     /// The cache tier: reads/s of the L2 path against `redis-benchmark -t get`
     /// on the same redis-server (the L2 ceiling).
