@@ -1,8 +1,10 @@
 //! The cache tier inside the reference service, through its HTTP API: each
-//! write strategy of `users`, `products` and `user_activity`, negative
-//! caching, purges, the admin view with hot keys, the health check under a
-//! full TinyLFU L1, and (with a real redis-server) the shared L2, its
-//! versioned keys and invalidation over Redis pub/sub between two instances.
+//! write strategy of `users`, `products` and `user_activity`, cached product
+//! pages (`responses`) retired by version, negative caching, purges, the admin view with hot keys, the health check under a
+//! full TinyLFU L1, and (with a real redis-server, standalone and as a
+//! 3-master cluster) the shared L2, its versioned keys and invalidation over
+//! Redis pub/sub between two instances; and the write-behind batches and
+//! product patches on PostgreSQL.
 
 mod support;
 
@@ -10,10 +12,11 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use scalestack_app::api::{AppState, router};
-use scalestack_config::{Config, L2Mode, WriteStrategy};
+use scalestack_config::{Config, L2Mode, ReplicaSetConfig, WriteStrategy};
 use scalestack_store::{Consistency, UserRecord};
 use scalestack_testkit::eventually;
-use scalestack_testkit::redis::RedisServer;
+use scalestack_testkit::postgres::PgCluster;
+use scalestack_testkit::redis::{RedisCluster, RedisServer};
 use serde_json::Value;
 use support::{Api, error_of};
 
@@ -416,6 +419,84 @@ async fn products_patch_by_strategy_and_orders_see_the_new_price() {
 }
 
 #[tokio::test]
+async fn product_pages_are_cached_responses_retired_by_any_product_write() {
+    let api = Api::start().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (s, v) = api
+            .post(
+                "/products",
+                &format!(r#"{{"name":"p{i}","price_cents":100,"stock":5}}"#),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        ids.push(v["id"].as_i64().unwrap());
+    }
+    let (s, first) = api.get("/products?limit=2").await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    let (_, again) = api.get("/products?limit=2").await;
+    assert_eq!(first, again);
+    let pages = resource_stats(&api, "responses").await;
+    assert_eq!(
+        (pages["loads"].as_u64(), pages["l1_hits"].as_u64()),
+        (Some(1), Some(1)),
+        "the second read was a cached response: {pages}"
+    );
+    assert_eq!(
+        pages["ttl_s"], 60,
+        "the seeds' one minute for API responses"
+    );
+
+    // A change behind the api's back (as the worker's stock updates are)
+    // shows only when the page expires...
+    api.store
+        .update_product(
+            ids[0],
+            &scalestack_store::ProductPatch {
+                stock: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (_, cached) = api.get("/products?limit=2").await;
+    assert_eq!(cached["data"][0]["stock"], 5, "served from the cache");
+    // ...but any product write through the api retires every page at once.
+    let (s, _) = patch(
+        &api,
+        &format!("/products/{}", ids[1]),
+        r#"{"name":"renamed"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, fresh) = api.get("/products?limit=2").await;
+    assert_eq!(
+        (&fresh["data"][0]["stock"], &fresh["data"][1]["name"]),
+        (&Value::from(1), &Value::from("renamed"))
+    );
+    let cursor = fresh["next_cursor"].as_str().unwrap().to_owned();
+    let (_, last) = api.get(&format!("/products?limit=2&cursor={cursor}")).await;
+    assert_eq!(last["data"].as_array().unwrap().len(), 1);
+    assert!(last["next_cursor"].is_null(), "{last}");
+    // A create, too: the cached last page does not hide the new product.
+    let (s, _) = api
+        .post("/products", r#"{"name":"p3","price_cents":1,"stock":1}"#)
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (_, last) = api.get(&format!("/products?limit=2&cursor={cursor}")).await;
+    assert_eq!(last["data"].as_array().unwrap().len(), 2, "{last}");
+
+    // An operator can purge the pages alone.
+    let (s, v) = api
+        .post("/admin/cache/purge", r#"{"prefix":"responses:products"}"#)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let before = loads(&api, "responses").await;
+    api.get("/products?limit=2").await;
+    assert_eq!(loads(&api, "responses").await, before + 1);
+}
+
+#[tokio::test]
 async fn without_a_cache_every_strategy_writes_the_store() {
     let api = Api::with(|c| c.cache.enabled = false).await;
     let id = create_user(&api, "plain").await;
@@ -472,11 +553,25 @@ async fn stats_on(router: &axum::Router, name: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_share_the_l2_and_invalidate_each_other_over_redis() {
     let redis = RedisServer::shared().unwrap();
+    share_and_invalidate(L2Mode::Standalone, vec![redis.url()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_holds_on_a_redis_cluster_of_three_masters() {
+    let cluster = RedisCluster::start(3).unwrap();
+    share_and_invalidate(L2Mode::Cluster, cluster.urls()).await;
+}
+
+/// Two (then three) api instances over one store and one L2: the L2 is
+/// shared, a patch reaches the other instance's L1 over pub/sub, a version
+/// bump hides older entries, and a purge through one instance empties the
+/// L2 (every version) and the other's L1.
+async fn share_and_invalidate(mode: L2Mode, urls: Vec<String>) {
     let namespace = format!("app{:08x}", rand_u32());
     let tweak = |c: &mut Config| {
         c.cache.namespace = namespace.clone();
-        c.cache.l2.mode = L2Mode::Standalone;
-        c.cache.l2.urls = vec![redis.url()];
+        c.cache.l2.mode = mode;
+        c.cache.l2.urls = urls.clone();
         c.cache.l2.timeout = Duration::from_secs(1);
         c.cache.invalidation.heartbeat = Duration::from_millis(200);
     };
@@ -506,6 +601,22 @@ async fn instances_share_the_l2_and_invalidate_each_other_over_redis() {
     assert!(seen.is_some(), "instance B never saw the patch");
     let (_, status) = get_on(&b, "/admin/cache").await;
     assert_eq!(status["invalidation_transport"], "redis");
+
+    // A product written through A retires the pages B had cached.
+    let (_, pid) = a.user_and_product().await;
+    let (s, page) = get_on(&b, "/products").await;
+    assert_eq!(
+        (s, &page["data"][0]["price_cents"]),
+        (StatusCode::OK, &Value::from(250))
+    );
+    let (s, _) = patch(&a, &format!("/products/{pid}"), r#"{"price_cents":260}"#).await;
+    assert_eq!(s, StatusCode::OK);
+    let repriced = eventually(Duration::from_secs(10), || async {
+        let (_, page) = get_on(&b, "/products").await;
+        (page["data"][0]["price_cents"] == 260).then_some(())
+    })
+    .await;
+    assert!(repriced.is_some(), "instance B kept serving a retired page");
     assert_eq!(status["l2"]["breaker"], "closed");
 
     // Raising the resource's version makes older entries unreachable: an
@@ -552,4 +663,114 @@ fn rand_u32() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos() ^ std::process::id())
         .unwrap_or(7)
+}
+
+// === on PostgreSQL ===
+
+/// The batch writes behind the cache (profiles, last-seen times) and product
+/// patches on PostgreSQL, with two shards, so that each batch is split by
+/// shard: everything acknowledged reaches the rows, and replays of older
+/// values change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_behind_batches_and_product_patches_reach_postgres() {
+    let pg = tokio::task::spawn_blocking(|| PgCluster::start(0))
+        .await
+        .unwrap()
+        .expect("start PostgreSQL");
+    let prefix = PgCluster::unique_name("cache");
+    let (catalog, s0, s1) = (
+        format!("{prefix}_catalog"),
+        format!("{prefix}_s0"),
+        format!("{prefix}_s1"),
+    );
+    for db in [&catalog, &s0, &s1] {
+        pg.create_database(db).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        data_dir: dir.path().to_owned(),
+        ..Config::default()
+    };
+    config.store.catalog = ReplicaSetConfig::postgres(pg.primary_url(&catalog), vec![]);
+    config.store.shards = vec![
+        ReplicaSetConfig::postgres(pg.primary_url(&s0), vec![]),
+        ReplicaSetConfig::postgres(pg.primary_url(&s1), vec![]),
+    ];
+    with_users_strategy(WriteStrategy::WriteBehind)(&mut config);
+    config.validate().unwrap();
+    let api = Api::on(config, dir).await;
+
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(create_user(&api, &format!("pg{i}")).await);
+    }
+    let shards: std::collections::HashSet<_> = ids
+        .iter()
+        .map(|id| api.store.shard_map().shard_of_user(*id))
+        .collect();
+    assert_eq!(shards.len(), 2, "the users span both shards: {ids:?}");
+    let mut seen = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let (s, v) = patch(
+            &api,
+            &format!("/users/{id}"),
+            &format!(r#"{{"name":"P{i}"}}"#),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, v) = api.post(&format!("/users/{id}/seen"), "").await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        seen.push(v["last_seen_at"].clone());
+    }
+    assert_eq!(stored_name(&api, ids[0]).await, "pg0", "not flushed yet");
+    let (s, v) = api.post("/admin/cache/flush", "").await;
+    assert_eq!(
+        (s, v["written"].as_u64()),
+        (StatusCode::OK, Some(16)),
+        "{v}"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let row = api
+            .store
+            .get_user(*id, Consistency::Primary)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.name, format!("P{i}"));
+        let activity = api
+            .store
+            .get_user_activity(*id, Consistency::Primary)
+            .await
+            .unwrap()
+            .unwrap();
+        let at = activity.last_seen_at.expect("flushed");
+        // Replays of older values (at least once, any order) change nothing.
+        api.store
+            .write_user_profiles(&[UserRecord {
+                name: "old".into(),
+                updated_at: row.updated_at - 1,
+                ..row.clone()
+            }])
+            .await
+            .unwrap();
+        api.store.record_last_seen(&[(*id, at - 1)]).await.unwrap();
+        assert_eq!(stored_name(&api, *id).await, format!("P{i}"));
+        let again = api
+            .store
+            .get_user_activity(*id, Consistency::Primary)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.last_seen_at, Some(at));
+        let (_, v) = api.get(&format!("/users/{id}/seen")).await;
+        assert_eq!(v["last_seen_at"], seen[i]);
+    }
+
+    let (_, pid) = api.user_and_product().await;
+    let (s, v) = patch(&api, &format!("/products/{pid}"), r#"{"price_cents":300}"#).await;
+    assert_eq!((s, v["price_cents"].as_i64()), (StatusCode::OK, Some(300)));
+    let (s, v) = api.get(&format!("/products/{pid}")).await;
+    assert_eq!((s, v["price_cents"].as_i64()), (StatusCode::OK, Some(300)));
+    let (s, _) = patch(&api, "/products/987654", r#"{"stock":1}"#).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
 }

@@ -3,7 +3,8 @@
 //! pub/sub with an L2) and to a real redis-server.
 //!
 //! * A write through one api instance is seen by the other, which had the
-//!   old value cached (the time it took is printed, not asserted).
+//!   old value (and a page of products holding it) cached; the time it took
+//!   is printed, not asserted.
 //! * Redis is killed with SIGKILL while clients load the stack through the
 //!   gateway, then restarted: no client sees an error.
 //! * An api process is killed with SIGKILL after acknowledging write-behind
@@ -107,15 +108,10 @@ async fn embedded_stack_invalidates_across_instances_and_replays_write_behind_af
     .await;
     let pid = product["id"].as_i64().unwrap();
     for base in [&api0, &api1] {
-        for _ in 0..2 {
-            send(
-                &c,
-                Method::GET,
-                &format!("{base}/products/{pid}"),
-                None,
-                200,
-            )
-            .await;
+        for path in [format!("/products/{pid}"), "/products".to_owned()] {
+            for _ in 0..2 {
+                send(&c, Method::GET, &format!("{base}{path}"), None, 200).await;
+            }
         }
     }
     send(
@@ -132,6 +128,12 @@ async fn embedded_stack_invalidates_across_instances_and_replays_write_behind_af
     .await
     .expect("api-1 never saw the new price");
     eprintln!("embedded: api-1 served the new price {took:?} after api-0 acknowledged the patch");
+    // The page of products api-1 had cached was retired too.
+    time_until(&c, &format!("{api1}/products"), |v| {
+        v["data"][0]["price_cents"] == 2499
+    })
+    .await
+    .expect("api-1 kept serving a retired page of products");
     let received = counter(
         &c,
         &api1,

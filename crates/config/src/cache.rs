@@ -300,9 +300,14 @@ pub struct CacheConfig {
     /// field, `write_behind` by default so that a burst of activity costs one
     /// store write per user and flush.
     pub user_activity: ResourceCacheConfig,
-    /// Whole API responses (freshness matters more).
+    /// Whole API responses, where freshness matters more: the pages of
+    /// `GET /products`. A product written through the api retires every page
+    /// at once; stock taken by orders shows in the pages within this TTL.
+    /// `cache_aside` or `write_through` (the same here: pages are never
+    /// written, only retired).
     pub responses: ResourceCacheConfig,
-    /// Sessions.
+    /// Sessions, for services built on the cache library; the reference
+    /// service has no sessions, so nothing reads this table yet.
     pub sessions: ResourceCacheConfig,
 }
 
@@ -391,6 +396,13 @@ impl CacheConfig {
                 quoted("write_behind"),
                 "use \"cache_aside\" or \"write_through\": stock also changes through orders, \
                  and a delayed write of a whole product would undo those changes",
+            ));
+        }
+        if self.responses.strategy == WriteStrategy::WriteBehind {
+            return Err(invalid(
+                "cache.responses.strategy",
+                quoted("write_behind"),
+                "use \"cache_aside\": cached responses are never written behind, only retired",
             ));
         }
         Ok(())
@@ -534,6 +546,15 @@ mod tests {
         let msg = check("[cache.products]\nttl = \"1h\"\nstrategy = \"write_behind\"\n");
         assert!(
             msg.contains("`cache.products.strategy` = \"write_behind\""),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn responses_refuse_write_behind() {
+        let msg = check("[cache.responses]\nttl = \"2m\"\nstrategy = \"write_behind\"\n");
+        assert!(
+            msg.contains("`cache.responses.strategy` = \"write_behind\""),
             "{msg}"
         );
     }

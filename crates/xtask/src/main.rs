@@ -54,8 +54,10 @@ enum Bench {
     /// backends, against the raw async-nats client on the same nats-server;
     /// p50/p99 from an order to all three of its effects.
     Queue(bench_queue::Args),
-    /// The cache tier: reads/s of the L2 path against `redis-benchmark -t get`
-    /// on the same redis-server (the L2 ceiling).
+    /// The cache tier: GET /users/{id} with Zipf keys through the gateway with
+    /// L1 + L2, L2 only and no cache (store queries per 100 requests, RPS, CPU
+    /// per request, invalidation time between instances), and reads/s of the
+    /// L2 path against `redis-benchmark -t get` on the same redis-server.
     Cache(bench_cache::Args),
     /// `scalestack bench` against wrk and h2load on one nginx: requests per
     /// CPU-second, HTTP/2, open-model accuracy, optionally callgrind

@@ -239,6 +239,7 @@ pub(crate) async fn cache_status(
             ResourceStatus::of(&s.users),
             ResourceStatus::of(&s.products),
             ResourceStatus::of(&s.activity),
+            ResourceStatus::of(&s.pages.pages),
         ],
         hot_keys: s
             .cache
@@ -254,8 +255,10 @@ pub(crate) async fn cache_status(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PurgeRequest {
-    /// `""` for everything; a resource (`users`); or a resource and an id
-    /// prefix (`users:42` drops users 42, 420, 4200...).
+    /// `""` for everything; a resource (`users`, `products`,
+    /// `user_activity`, `responses`); or a resource and an id prefix
+    /// (`users:42` drops users 42, 420, 4200...; `responses:products`
+    /// drops every cached page of `GET /products`).
     prefix: String,
 }
 
@@ -275,7 +278,12 @@ fn check_prefix(s: &AppState, prefix: &str) -> Result<(), ApiError> {
     if prefix.is_empty() {
         return Ok(());
     }
-    let names = [s.users.name(), s.products.name(), s.activity.name()];
+    let names = [
+        s.users.name(),
+        s.products.name(),
+        s.activity.name(),
+        s.pages.pages.name(),
+    ];
     let (resource, id_prefix) = prefix.split_once(':').unwrap_or((prefix, ""));
     if !names.contains(&resource) {
         return Err(ApiError::invalid_field(
@@ -287,7 +295,8 @@ fn check_prefix(s: &AppState, prefix: &str) -> Result<(), ApiError> {
             ),
         ));
     }
-    if !id_prefix.chars().all(|c| c.is_ascii_digit()) {
+    // Responses are keyed by path-like strings, the others by integer ids.
+    if resource != s.pages.pages.name() && !id_prefix.chars().all(|c| c.is_ascii_digit()) {
         return Err(ApiError::invalid_field(
             "prefix",
             format!("the id part of {prefix:?} must be digits (ids are integers)"),

@@ -8,7 +8,13 @@
 //!   flushed to the shard in batches, last write winning by `updated_at`);
 //! * `products`: the catalog; cache-aside or write-through;
 //! * `user_activity`: last-seen times; write-behind by default, flushed as
-//!   "the later time wins", so a replayed batch changes nothing.
+//!   "the later time wins", so a replayed batch changes nothing;
+//! * `responses`: whole API responses, here the pages of `GET /products`
+//!   ([`ProductPages`]), with version-based keys: a product written through
+//!   the api retires every cached page on every instance at once by changing
+//!   one small shared value, the pages' version. Stock taken by orders in the
+//!   worker shows in the pages within their short TTL (the single product,
+//!   `GET /products/{id}`, is invalidated at once).
 //!
 //! Every read of these records goes through here (with negative caching of
 //! ids that do not exist), every write through [`Resource::write_with`] or
@@ -26,7 +32,7 @@ use scalestack_cache::{
     WriteStrategy,
 };
 use scalestack_config::{Config, ResourceCacheConfig};
-use scalestack_store::{ProductRecord, Store, StoreError, UserActivity, UserRecord};
+use scalestack_store::{Consistency, ProductRecord, Store, StoreError, UserActivity, UserRecord};
 
 use super::error::ApiError;
 
@@ -37,6 +43,80 @@ pub(crate) struct Cached {
     pub(crate) users: Resource<UserRecord>,
     pub(crate) products: Resource<ProductRecord>,
     pub(crate) activity: Resource<UserActivity>,
+    pub(crate) pages: ProductPages,
+}
+
+/// The rows of one page of `GET /products`: one more than the page's limit,
+/// which tells whether a next page exists.
+pub(crate) type ProductPage = Vec<ProductRecord>;
+
+/// The id, in `response_versions`, of the version of the product pages.
+const PRODUCT_PAGES_VERSION: &str = "products";
+
+/// Cached pages of `GET /products`, keyed by `products:{version}:{after}:
+/// {limit}`. The version is itself a cached value (resource
+/// `response_versions`, shared through the L2 and invalidated like any
+/// other), so that retiring every page costs one write and one message,
+/// never a scan of Redis; retired pages are never read again and expire by
+/// their TTL.
+#[derive(Debug, Clone)]
+pub(crate) struct ProductPages {
+    pub(crate) pages: Resource<ProductPage>,
+    versions: Resource<u64>,
+}
+
+impl ProductPages {
+    /// The current version; a fresh one when no instance has one cached.
+    async fn version(&self) -> u64 {
+        let fresh = async { Ok::<_, std::convert::Infallible>(Some(fresh_version())) };
+        match self
+            .versions
+            .get_or_load(PRODUCT_PAGES_VERSION, fresh)
+            .await
+        {
+            Ok(Some(version)) => *version,
+            // The loader always answers; a fresh version is safe regardless.
+            _ => fresh_version(),
+        }
+    }
+
+    /// The rows of the page after product `after` (`limit + 1` of them at
+    /// most), from the cache or the catalog.
+    pub(crate) async fn get(
+        &self,
+        store: &Store,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Arc<ProductPage>, ApiError> {
+        let version = self.version().await;
+        let key = format!("products:{version:016x}:{}:{limit}", after.unwrap_or(0));
+        let load = async {
+            store
+                .list_products(after, limit + 1, Consistency::Eventual)
+                .await
+                .map(Some)
+        };
+        Ok(self.pages.get_or_load(key, load).await?.unwrap_or_default())
+    }
+
+    /// Retires every cached page on every instance (after a product write).
+    pub(crate) async fn retire(&self) {
+        self.versions
+            .insert(PRODUCT_PAGES_VERSION, Arc::new(fresh_version()))
+            .await;
+    }
+}
+
+/// A version no instance has used: the clock in nanoseconds plus a
+/// process-wide counter, mixed with the process id.
+fn fresh_version() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    nanos.wrapping_add(n) ^ (u64::from(std::process::id()) << 44)
 }
 
 /// Where one api process keeps what only it knows: its name (its
@@ -93,11 +173,17 @@ impl Cached {
             }
             opts => cache.resource_with("user_activity", opts, |_: &UserActivity| 0)?,
         };
+        let responses = options(&cache, &settings.responses);
+        let pages = ProductPages {
+            pages: cache.resource_with("responses", responses, weigh_page)?,
+            versions: cache.resource_with("response_versions", responses, |_: &u64| 0)?,
+        };
         Ok(Self {
             cache,
             users,
             products,
             activity,
+            pages,
         })
     }
 }
@@ -123,6 +209,13 @@ fn weigh_user(u: &UserRecord) -> usize {
 /// Heap bytes of a product beyond the struct itself.
 fn weigh_product(p: &ProductRecord) -> usize {
     p.name.len() + p.description.len()
+}
+
+/// Heap bytes of a page of products.
+fn weigh_page(page: &ProductPage) -> usize {
+    page.iter()
+        .map(|p| std::mem::size_of::<ProductRecord>() + weigh_product(p))
+        .sum()
 }
 
 /// The error a client sees when a write was not acknowledged.

@@ -61,6 +61,8 @@ pub struct AppState {
     users: Resource<UserRecord>,
     products: Resource<ProductRecord>,
     activity: Resource<UserActivity>,
+    /// Cached pages of `GET /products` (the `responses` resource).
+    pages: cached::ProductPages,
     config: Arc<ApiConfig>,
     instance: Arc<str>,
     started: Instant,
@@ -106,6 +108,7 @@ impl AppState {
             users: cached.users,
             products: cached.products,
             activity: cached.activity,
+            pages: cached.pages,
             config: Arc::new(config.api.clone()),
             instance,
             started: Instant::now(),

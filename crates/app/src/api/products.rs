@@ -1,5 +1,8 @@
 //! `/products`: the catalog — create, read (through the cache, projected),
-//! patch (by the `products` resource's write strategy), list.
+//! patch (by the `products` resource's write strategy), list (pages cached
+//! as API responses, retired on every instance by any product write).
+
+use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
@@ -13,10 +16,10 @@ use utoipa_axum::routes;
 use super::cached::write_error;
 use super::consistency::{Tokens, attach};
 use super::error::{ApiError, ErrorDoc};
-use super::extract::{Id, JsonBody, check_fields, decode_cursor, parse_query};
+use super::extract::{Id, JsonBody, check_fields, decode_cursor, encode_cursor, parse_query};
 use super::openapi::ProductPage;
 use super::views::{PRODUCT_FIELDS, Page, ProductView, json_response, project, resource_response};
-use super::{AppState, created, next_cursor, validate_range, validate_text};
+use super::{AppState, created, validate_range, validate_text};
 
 /// The routes of this module.
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -91,6 +94,7 @@ pub(crate) async fn create_product(
         .write_with(product.id, async { Ok::<_, StoreError>(Some(new)) })
         .await
         .map_err(write_error)?;
+    s.pages.retire().await;
     let mut response = created(
         &format!("/products/{}", product.id),
         &ProductView::from(product),
@@ -195,6 +199,7 @@ pub(crate) async fn patch_product(
     };
     let product =
         product.ok_or_else(|| ApiError::not_found(format!("product {id} does not exist")))?;
+    s.pages.retire().await;
     let mut response = json_response(StatusCode::OK, &ProductView::from(&*product));
     attach(&mut response, token);
     Ok(response)
@@ -227,12 +232,22 @@ pub(crate) async fn list_products(
         .map(|c| decode_cursor("p", c))
         .transpose()?;
     let limit = s.page_limit(q.limit);
-    let mut rows = s
-        .store
-        .list_products(after, limit + 1, tokens.for_db(DbId::Catalog))
-        .await?;
-    let next_cursor = next_cursor(&mut rows, limit, |p| p.id, "p");
-    let data = rows
+    // A page is a cached response unless the client must see its own write.
+    let rows = if tokens.covers(DbId::Catalog) {
+        let rows = s
+            .store
+            .list_products(after, limit + 1, tokens.for_db(DbId::Catalog))
+            .await?;
+        Arc::new(rows)
+    } else {
+        s.pages.get(&s.store, after, limit).await?
+    };
+    let shown = &rows[..rows.len().min(limit as usize)];
+    let next_cursor = match shown.last() {
+        Some(last) if rows.len() > shown.len() => Some(encode_cursor("p", last.id)),
+        _ => None,
+    };
+    let data = shown
         .iter()
         .map(|p| project(&ProductView::from(p), q.fields.as_deref()))
         .collect();

@@ -1,5 +1,5 @@
 //! The cache's metrics as Prometheus renders them: per-layer hits and
-//! misses, hit ratio, L2 latency, breaker state, hot keys, invalidations.
+//! misses, hit ratio, evictions, L2 latency, breaker state, hot keys, invalidations.
 
 use scalestack_testkit::redis::RedisServer;
 
@@ -24,6 +24,8 @@ async fn every_feature_has_its_series() {
     }
     store.read(&rb, 42).await;
     store.write(&ra, 42, "changed").await;
+    // The eviction listener runs in moka's housekeeping.
+    a.run_pending_tasks().await;
     a.update_gauges();
 
     let text = metrics().render();
@@ -36,6 +38,7 @@ async fn every_feature_has_its_series() {
         r#"scalestack_cache_stampede_total{cache="mtest",outcome="won"}"#,
         r#"scalestack_cache_writes_total{cache="mtest",strategy="cache_aside",outcome="ok"}"#,
         r#"scalestack_cache_hit_ratio{cache="mtest"}"#,
+        r#"scalestack_cache_evictions_total{cache="mtest",cause="invalidated"}"#,
         r#"scalestack_cache_hot_key_requests{rank="1",key="mtest:42"}"#,
         r#"scalestack_cache_l2_duration_seconds{op="get""#,
         "scalestack_cache_l2_breaker_state ",
