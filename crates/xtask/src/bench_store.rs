@@ -127,6 +127,7 @@ fn config_for(
     shards: &[(&PgCluster, &str)],
     replicas: bool,
     cache: bool,
+    connections: usize,
 ) -> Config {
     let set = |(cluster, db): (&PgCluster, &str)| {
         ReplicaSetConfig::postgres(
@@ -142,6 +143,10 @@ fn config_for(
     config.api.listen = free_addr();
     config.log.level = "warn".into();
     config.cache.enabled = cache;
+    // As many database connections as pgbench has clients: with durable
+    // commits the throughput of both grows with the transactions in flight
+    // (group commit), so a smaller pool would measure the pool, not the api.
+    config.store.max_connections = u32::try_from(connections).unwrap_or(u32::MAX);
     config.store.catalog = set(catalog);
     config.store.shards = shards.iter().map(|s| set(*s)).collect();
     config
@@ -292,7 +297,13 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     let mut rows = Vec::new();
 
     // Writes on one shard, then the same transaction by pgbench.
-    let one = config_for((&a, "w1_catalog"), &[(&a, "w1_s0")], true, true);
+    let one = config_for(
+        (&a, "w1_catalog"),
+        &[(&a, "w1_s0")],
+        true,
+        true,
+        args.connections,
+    );
     seed(&exe, &one, dir.path(), args)?;
     {
         let api = start_api(&exe, &one, dir.path(), "w1")?;
@@ -317,6 +328,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         &[(&a, "w2_s0"), (&b, "w2_s1")],
         true,
         true,
+        args.connections,
     );
     seed(&exe, &two, dir.path(), args)?;
     {
@@ -331,7 +343,13 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         (false, "GET /users/{id}, primary only"),
         (true, "GET /users/{id}, primary + 1 replica"),
     ] {
-        let config = config_for((&a, "w1_catalog"), &[(&a, "w1_s0")], replicas, false);
+        let config = config_for(
+            (&a, "w1_catalog"),
+            &[(&a, "w1_s0")],
+            replicas,
+            false,
+            args.connections,
+        );
         let api = start_api(&exe, &config, dir.path(), "reads")?;
         eprintln!("xtask: {what}, {} s", args.seconds);
         let url = format!("{}/users/{{id}}", api.url);
