@@ -4,7 +4,10 @@ use scalestack_bench::Scenario;
 
 #[test]
 fn the_example_mix_parses_with_its_three_weighted_requests() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/scenario-mix.toml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/scenario-mix.toml"
+    );
     let text = std::fs::read_to_string(path).expect("the example exists");
     let scenario = Scenario::from_toml(&text, path).expect("the example parses");
     let weights: Vec<u32> = scenario.requests.iter().map(|r| r.weight).collect();

@@ -7,10 +7,13 @@
 //! workers, the upstream connections are the worker's own.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,9 +22,11 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
+use hyper::client::conn::TrySendError;
 use scalestack_config::{Algorithm, RequestKey};
 use scalestack_resilience::{Decision, RateLimitStore};
 use scalestack_telemetry::health::{Check, Status};
+use tokio::time::Sleep;
 
 use crate::body::{Release, RequestBody, ResponseBody, UpstreamBody};
 use crate::clock;
@@ -91,7 +96,6 @@ impl std::ops::Deref for Current {
 }
 
 /// One client connection.
-#[derive(Debug)]
 pub(crate) struct Client {
     pub(crate) worker: Rc<Worker>,
     pub(crate) ip: IpAddr,
@@ -99,6 +103,19 @@ pub(crate) struct Client {
     pub(crate) ip_header: HeaderValue,
     ip_bytes: Vec<u8>,
     pub(crate) guard: Rc<GuardShared>,
+    /// The first-byte timer, kept between the connection's requests: moving
+    /// a registered timer's deadline later is one atomic update, where a new
+    /// timer per request is a registration and a removal in the runtime's
+    /// timer wheel. Dropped when the connection parks.
+    first_byte: Cell<Option<Pin<Box<Sleep>>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("ip", &self.ip)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a request ended: the response and the endpoint it is attributed to.
@@ -130,7 +147,41 @@ impl Client {
             ip_header,
             ip_bytes,
             guard,
+            first_byte: Cell::new(None),
         }
+    }
+
+    /// Drops what the connection keeps between requests (its timer), for a
+    /// connection that goes idle.
+    pub(crate) fn release_idle_state(&self) {
+        drop(self.first_byte.take());
+    }
+
+    /// Sends `request` on `sender`; `None` if no response head came by `deadline`.
+    async fn send_within(
+        &self,
+        sender: &mut crate::conn::Sender,
+        request: Request<RequestBody>,
+        deadline: Instant,
+    ) -> Option<Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let mut timer = match self.first_byte.take() {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let mut sending = std::pin::pin!(sender.try_send_request(request));
+        let sent = std::future::poll_fn(|cx| {
+            if let Poll::Ready(sent) = sending.as_mut().poll(cx) {
+                return Poll::Ready(Some(sent));
+            }
+            timer.as_mut().poll(cx).map(|()| None)
+        })
+        .await;
+        self.first_byte.set(Some(timer));
+        sent
     }
 
     /// Answers one client request.
@@ -446,9 +497,11 @@ impl Client {
                 }
             };
             let timeout = pool.first_byte_timeout.min(pool.total_timeout);
-            let sent = tokio::time::timeout(timeout, sender.try_send_request(request)).await;
+            let sent = self
+                .send_within(&mut sender, request, attempt_start + timeout)
+                .await;
             let kind = match sent {
-                Ok(Ok(response)) => {
+                Some(Ok(response)) => {
                     let status = response.status().as_u16();
                     let answered = Instant::now();
                     let answered_ns = clock::at(answered);
@@ -483,7 +536,7 @@ impl Client {
                     kept = Some((index, response));
                     UpstreamErrorKind::Status
                 }
-                Ok(Err(mut error)) => {
+                Some(Err(mut error)) => {
                     if let Some(request) = error.take_message() {
                         // The pooled connection closed before the request was
                         // written: send it again, it never left.
@@ -506,7 +559,7 @@ impl Client {
                     endpoint.metrics.upstream_error(UpstreamErrorKind::Other);
                     UpstreamErrorKind::Other
                 }
-                Err(_elapsed) => {
+                None => {
                     if let Some(p) = permit {
                         p.failure();
                     }

@@ -42,6 +42,9 @@ pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// that the loop does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
+/// The number of header lines hyper's HTTP/1 server parses by default.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// How often a worker drops expired idle upstream connections.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -306,6 +309,7 @@ fn serve_client(
     let limits = worker.shared.client_limits();
     let guard = Rc::new(GuardShared::default());
     let client = Rc::new(Client::new(worker, peer.ip(), Rc::clone(&guard)));
+    let idle_client = Rc::clone(&client);
     let service = service_fn(move |request| {
         let client = Rc::clone(&client);
         async move {
@@ -321,9 +325,15 @@ fn serve_client(
         .half_close(true)
         // The guard enforces the header timeout with one timer per connection.
         .header_read_timeout(None)
-        .max_headers(limits.max_headers + 1)
         // hyper's buffer must hold any head the guard accepts.
         .max_buf_size((limits.max_header_bytes + 8192).max(64 * 1024));
+    // The guard refuses heads with more than `max_headers` lines before
+    // hyper sees them, so hyper's own limit only has to be at least that.
+    // Its default keeps its parse arrays on the stack; any explicit limit
+    // moves them to the heap, two allocations for every request.
+    if limits.max_headers > HYPER_DEFAULT_MAX_HEADERS {
+        http.max_headers(limits.max_headers);
+    }
     let io = Rc::new(RefCell::new(
         Guarded::new(stream, limits, guard).park_after(PARK_AFTER),
     ));
@@ -361,6 +371,7 @@ fn serve_client(
                 }
                 guarded.idle_deadline()
             };
+            idle_client.release_idle_state();
             parked.increment(1.0);
             let woke = {
                 let readable = std::future::poll_fn(|cx| io.borrow().poll_read_ready(cx));

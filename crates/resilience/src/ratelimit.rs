@@ -188,7 +188,9 @@ fn decide(policy: &Policy, state: &mut State, now: Instant, origin: Instant) -> 
             let retry_after = if allowed {
                 Duration::ZERO
             } else {
-                secs((1.0 - *tokens) / rate)
+                // At least a millisecond: a bucket a rounding error short of
+                // a token would otherwise ask for a retry "now".
+                secs((1.0 - *tokens) / rate).max(Duration::from_millis(1))
             };
             Decision {
                 allowed,

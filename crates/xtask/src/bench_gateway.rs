@@ -29,7 +29,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use scalestack_bench::{BenchSpec, Load, run as bench};
+use scalestack_bench::BenchReport;
 use scalestack_telemetry::procfs;
 
 use crate::{cargo, ensure_program, root, run as run_cmd};
@@ -233,7 +233,13 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         }
         for (i, proxy) in proxies.iter().enumerate() {
             eprintln!("xtask: round {round}: scalestack bench → {}", proxy.name);
-            bench_samples[i].push(bench_closed(proxy, args.connections, args.seconds)?);
+            bench_samples[i].push(bench_closed(
+                &exe,
+                dir.path(),
+                proxy,
+                args.connections,
+                args.seconds,
+            )?);
         }
     }
     let wrk_med: Vec<Sample> = wrk_samples.iter().map(|s| median(s)).collect();
@@ -253,19 +259,30 @@ pub(crate) fn run(args: &Args) -> Result<()> {
                 "xtask: round {round}: {rate:.0} requests/s → {}",
                 proxy.name
             );
-            fixed_samples[i].push(bench_rate(proxy, rate, args.seconds)?);
+            fixed_samples[i].push(bench_rate(&exe, dir.path(), proxy, rate, args.seconds)?);
         }
     }
     let fixed_med: Vec<Sample> = fixed_samples.iter().map(|s| median(s)).collect();
 
     let mut memory = Vec::new();
     if args.idle_clients > 0 {
-        for proxy in &proxies {
+        // HAProxy holds at most `maxconn` connections; more clients would
+        // wait in its queue for ever. Every proxy gets the same number.
+        let clients = args
+            .idle_clients
+            .min(haproxy_maxconn(fds).saturating_sub(50));
+        if clients < args.idle_clients {
             eprintln!(
-                "xtask: {} idle keep-alive clients → {}",
-                args.idle_clients, proxy.name
+                "xtask: the open-file limit ({fds}) lets HAProxy hold {} connections: \
+                 measuring memory with {clients} idle clients instead of {} \
+                 (raise the limit, e.g. `ulimit -n 65536`, for the full count)",
+                haproxy_maxconn(fds),
+                args.idle_clients
             );
-            memory.push(idle_rss(proxy, args.idle_clients)?);
+        }
+        for proxy in &proxies {
+            eprintln!("xtask: {clients} idle keep-alive clients → {}", proxy.name);
+            memory.push(idle_rss(proxy, clients)?);
         }
     }
     drop(proxies);
@@ -336,6 +353,12 @@ fn nginx(dir: &Path, name: &str, workers: usize, http: &str) -> Result<Command> 
     Ok(command)
 }
 
+/// The `maxconn` HAProxy starts with under an open-file limit of `fds`: it
+/// reserves two descriptors per connection and refuses to start without them.
+fn haproxy_maxconn(fds: u64) -> usize {
+    usize::try_from((fds.saturating_sub(200) / 2).min(20_000)).unwrap_or(20_000)
+}
+
 fn haproxy(
     dir: &Path,
     threads: usize,
@@ -345,7 +368,7 @@ fn haproxy(
 ) -> Result<Command> {
     // HAProxy reserves two descriptors per connection and refuses to start
     // without them.
-    let maxconn = ((fds.saturating_sub(200)) / 2).min(20_000);
+    let maxconn = haproxy_maxconn(fds);
     let conf = dir.join("haproxy.cfg");
     std::fs::write(
         &conf,
@@ -436,31 +459,54 @@ fn wrk(proxy: &Server, connections: usize, seconds: u64) -> Result<Sample> {
 }
 
 /// `scalestack bench`, closed model.
-fn bench_closed(proxy: &Server, connections: usize, seconds: u64) -> Result<Sample> {
-    let mut spec = BenchSpec::new(proxy.url());
-    spec.connections = connections;
-    spec.duration = Duration::from_secs(seconds);
-    spec.threads = 1;
-    spec.progress = false;
-    spec.cpu_pids = vec![proxy.pid()];
-    sample(&spec)
+fn bench_closed(
+    exe: &Path,
+    dir: &Path,
+    proxy: &Server,
+    connections: usize,
+    seconds: u64,
+) -> Result<Sample> {
+    bench(
+        exe,
+        dir,
+        proxy,
+        &["--connections", &connections.to_string()],
+        seconds,
+    )
 }
 
 /// `scalestack bench`, open model at `rate` requests per second.
-fn bench_rate(proxy: &Server, rate: f64, seconds: u64) -> Result<Sample> {
-    let mut spec = BenchSpec::new(proxy.url());
-    spec.load = Load::Rate(rate);
+fn bench_rate(exe: &Path, dir: &Path, proxy: &Server, rate: f64, seconds: u64) -> Result<Sample> {
     // Enough connections that a slow response never holds the schedule up.
-    spec.connections = 256;
-    spec.duration = Duration::from_secs(seconds);
-    spec.threads = 1;
-    spec.progress = false;
-    spec.cpu_pids = vec![proxy.pid()];
-    sample(&spec)
+    bench(
+        exe,
+        dir,
+        proxy,
+        &["--rate", &format!("{rate:.0}"), "--connections", "256"],
+        seconds,
+    )
 }
 
-fn sample(spec: &BenchSpec) -> Result<Sample> {
-    let report = bench(spec)?;
+/// One run of the release `scalestack bench` against `proxy`, with the
+/// proxy's CPU measured. The release binary, not `scalestack_bench::run` in
+/// this process: xtask is built in the dev profile, and an unoptimised load
+/// generator would be the bottleneck and make every proxy look the same.
+fn bench(exe: &Path, dir: &Path, proxy: &Server, extra: &[&str], seconds: u64) -> Result<Sample> {
+    let json = dir.join("bench.json");
+    let _ = std::fs::remove_file(&json);
+    run_cmd(
+        Command::new(exe)
+            .args(["bench", "--url", &proxy.url(), "--threads", "1", "--quiet"])
+            .args(extra)
+            .args(["--duration", &format!("{seconds}s")])
+            .args(["--cpu-pid", &proxy.pid().to_string()])
+            .arg("--json")
+            .arg(&json)
+            .stdout(Stdio::null()),
+    )?;
+    let report: BenchReport =
+        serde_json::from_str(&std::fs::read_to_string(&json).context("read the bench report")?)
+            .context("parse the bench report")?;
     Ok(Sample {
         rps: report.rps,
         p50_ms: report.latency.p50_us as f64 / 1e3,
@@ -483,6 +529,9 @@ struct Memory {
     clients: usize,
 }
 
+/// Longest wait for one idle client's connection and response.
+const IDLE_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn idle_rss(proxy: &Server, clients: usize) -> Result<Memory> {
     let rest = proxy.rss_bytes();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -498,7 +547,7 @@ fn idle_rss(proxy: &Server, clients: usize) -> Result<Memory> {
         while open.len() < clients {
             while started < clients && batch.len() < 256 {
                 started += 1;
-                batch.spawn(async move {
+                batch.spawn(tokio::time::timeout(IDLE_CLIENT_TIMEOUT, async move {
                     let mut stream = tokio::net::TcpStream::connect(addr).await?;
                     stream
                         .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
@@ -514,12 +563,19 @@ fn idle_rss(proxy: &Server, clients: usize) -> Result<Memory> {
                         seen.extend_from_slice(&buf[..n]);
                     }
                     Ok::<_, std::io::Error>(stream)
-                });
+                }));
             }
             match batch.join_next().await {
-                Some(Ok(Ok(stream))) => open.push(stream),
-                Some(Ok(Err(error))) => {
+                Some(Ok(Ok(Ok(stream)))) => open.push(stream),
+                Some(Ok(Ok(Err(error)))) => {
                     return Err(anyhow::Error::from(error).context("open an idle client"));
+                }
+                Some(Ok(Err(_elapsed))) => {
+                    bail!(
+                        "an idle client got no response within {} s after {} were open",
+                        IDLE_CLIENT_TIMEOUT.as_secs(),
+                        open.len()
+                    );
                 }
                 Some(Err(error)) => return Err(anyhow::Error::from(error)),
                 None => break,

@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use scalestack_bench::{BenchReport, BenchSpec, Scenario, run as bench};
+use scalestack_bench::{BenchReport, Scenario};
 use scalestack_config::{Config, ReplicaSetConfig};
 use scalestack_testkit::ports::free_addr;
 use scalestack_testkit::postgres::{PgCluster, PgOptions, SUPERUSER, bin_dir};
@@ -170,8 +170,9 @@ fn seed(exe: &Path, config: &Config, dir: &Path, args: &Args) -> Result<()> {
     )
 }
 
-fn orders_scenario(args: &Args) -> Result<Scenario> {
-    let text = format!(
+/// The `POST /orders` scenario as TOML.
+fn orders_text(args: &Args) -> String {
+    format!(
         r#"
 [[request]]
 name = "place order"
@@ -184,26 +185,47 @@ expect = [201]
 "#,
         products = args.products,
         users = args.users
-    );
-    Ok(Scenario::from_toml(&text, "bench store")?)
+    )
 }
 
-fn drive(url: &str, scenario: Option<&Scenario>, args: &Args, pid: u32) -> Result<BenchReport> {
-    let spec = |seconds: u64, measure: bool| -> Result<BenchSpec> {
-        let mut spec = BenchSpec::new(url);
-        spec.scenario = scenario.cloned();
-        spec.keys = format!("1..{}", args.users).parse()?;
-        spec.connections = args.connections;
-        spec.duration = Duration::from_secs(seconds);
-        if measure {
-            spec.cpu_pids = vec![pid];
+fn orders_scenario(args: &Args) -> Result<Scenario> {
+    Ok(Scenario::from_toml(&orders_text(args), "bench store")?)
+}
+
+/// Drives `url` (with the scenario file, if any) through the release
+/// `scalestack bench`, not `scalestack_bench::run` in this process: xtask
+/// is built in the dev profile, and an unoptimised load generator would
+/// measure itself.
+fn drive(
+    exe: &Path,
+    url: &str,
+    scenario: Option<&Path>,
+    args: &Args,
+    pid: u32,
+    dir: &Path,
+) -> Result<BenchReport> {
+    let run = |seconds: u64, measure: bool| -> Result<BenchReport> {
+        let json = dir.join("bench.json");
+        let mut cmd = Command::new(exe);
+        cmd.args(["bench", "--url", url, "--quiet"])
+            .args(["--keys", &format!("1..{}", args.users)])
+            .args(["--connections", &args.connections.to_string()])
+            .args(["--duration", &format!("{seconds}s"), "--json"])
+            .arg(&json)
+            .stdout(Stdio::null());
+        if let Some(scenario) = scenario {
+            cmd.arg("--scenario").arg(scenario);
         }
-        Ok(spec)
+        if measure {
+            cmd.args(["--cpu-pid", &pid.to_string()]);
+        }
+        run_cmd(&mut cmd)?;
+        Ok(serde_json::from_str(&std::fs::read_to_string(&json)?)?)
     };
     if args.warmup > 0 {
-        bench(&spec(args.warmup, false)?)?;
+        run(args.warmup, false)?;
     }
-    Ok(bench(&spec(args.seconds, true)?)?)
+    run(args.seconds, true)
 }
 
 /// The api's order transaction as a pgbench script.
@@ -293,7 +315,10 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         rt.block_on(cluster.create_database(db))?;
     }
     drop(rt);
-    let orders = orders_scenario(args)?;
+    // Checked here, so that a bad scenario fails before any server work.
+    orders_scenario(args)?;
+    let orders = dir.path().join("orders.toml");
+    std::fs::write(&orders, orders_text(args))?;
     let mut rows = Vec::new();
 
     // Writes on one shard, then the same transaction by pgbench.
@@ -308,7 +333,14 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     {
         let api = start_api(&exe, &one, dir.path(), "w1")?;
         eprintln!("xtask: POST /orders, 1 shard, {} s", args.seconds);
-        let report = drive(&api.url, Some(&orders), args, api.child.id())?;
+        let report = drive(
+            &exe,
+            &api.url,
+            Some(&orders),
+            args,
+            api.child.id(),
+            dir.path(),
+        )?;
         rows.push(Row::of("POST /orders, 1 shard (api)".into(), &report));
     }
     eprintln!("xtask: pgbench, the same transaction, {} s", args.seconds);
@@ -334,7 +366,14 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     {
         let api = start_api(&exe, &two, dir.path(), "w2")?;
         eprintln!("xtask: POST /orders, 2 shards, {} s", args.seconds);
-        let report = drive(&api.url, Some(&orders), args, api.child.id())?;
+        let report = drive(
+            &exe,
+            &api.url,
+            Some(&orders),
+            args,
+            api.child.id(),
+            dir.path(),
+        )?;
         rows.push(Row::of("POST /orders, 2 shards (api)".into(), &report));
     }
 
@@ -353,7 +392,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         let api = start_api(&exe, &config, dir.path(), "reads")?;
         eprintln!("xtask: {what}, {} s", args.seconds);
         let url = format!("{}/users/{{id}}", api.url);
-        let report = drive(&url, None, args, api.child.id())?;
+        let report = drive(&exe, &url, None, args, api.child.id(), dir.path())?;
         rows.push(Row::of(what.into(), &report));
     }
 
