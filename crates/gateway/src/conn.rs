@@ -77,13 +77,13 @@ impl Hasher for IdHasher {
 impl Connections {
     /// A connection to `endpoint` that is ready for a request: the most
     /// recently used idle one (its socket is likeliest to be warm), else a
-    /// new one. Idle connections found closed or expired are dropped.
+    /// new one. Idle connections found closed or expired (at `now`) are dropped.
     pub(crate) async fn get(
         &self,
         endpoint: &Arc<Endpoint>,
         connect_timeout: Duration,
+        now: Instant,
     ) -> Result<(Sender, bool), ConnectError> {
-        let now = Instant::now();
         while let Some(mut sender) = self.take(endpoint.id, now) {
             // Ready at once unless the previous response's end has not been
             // processed by the connection task yet, which is a short wait.

@@ -401,6 +401,42 @@ impl<IO: AsyncRead + Unpin> Guarded<IO> {
         Poll::Ready(Wake::Expired)
     }
 
+    /// While the connection is parked: resolves when the header read
+    /// timeout runs out, on the connection's own timer.
+    ///
+    /// The timer is left set to that deadline, so that a head which starts
+    /// to arrive after the connection wakes is timed from the same start.
+    pub(crate) fn poll_parked(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(deadline) = self.idle_deadline() else {
+            return Poll::Pending;
+        };
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx)
+    }
+
+    /// Starts the wait for the next head if the connection went idle since
+    /// hyper last read: hyper may read before the response's end is written
+    /// (the guard then cannot start the wait: a request is being answered)
+    /// and not read again after it, which would leave the connection with
+    /// neither a header read timeout nor parking until the client sends. The
+    /// server calls this after each poll of the session that left it pending.
+    pub(crate) fn poll_idle(&mut self, cx: &mut Context<'_>) {
+        if self.armed_for == Some(self.shared.heads.get()) || self.parking {
+            // Armed already (its timer holds the task's waker), or parking.
+            return;
+        }
+        if let Poll::Ready(wake) = self.poll_timeout(cx) {
+            self.woke(wake);
+            // hyper learns of it on its next read.
+            cx.waker().wake_by_ref();
+        }
+    }
+
     /// Handles the timer's verdict; `true` when hyper is to see the end of
     /// its session (parking).
     fn woke(&mut self, wake: Wake) -> bool {

@@ -35,7 +35,12 @@ fn hop_by_hop() -> [&'static HeaderName; 7] {
 /// and at most one comparison, where comparing `HeaderName`s one by one
 /// costs seven comparisons for every header of every message.
 fn hop_index(name: &HeaderName) -> Option<usize> {
-    match name.as_str() {
+    hop_index_str(name.as_str())
+}
+
+/// [`hop_index`] of a lowercase name.
+fn hop_index_str(name: &str) -> Option<usize> {
+    match name {
         "connection" => Some(0),
         "keep-alive" => Some(1),
         "proxy-connection" => Some(2),
@@ -47,13 +52,49 @@ fn hop_index(name: &HeaderName) -> Option<usize> {
     }
 }
 
+/// Readies a request's headers for the upstream in one pass over the names:
+/// drops the hop-by-hop headers and `Expect` (the body is the gateway's to
+/// send, so the upstream must not wait for it) and sets the forwarding
+/// headers, with `client_ip` appended to any `X-Forwarded-For` chain.
+///
+/// Knowing from the pass which names are there spares the lookups of the
+/// absent ones, which for these (non-standard) names means hashing them.
+pub(crate) fn prepare_request(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+    let mut present = 0u8;
+    let mut expect = false;
+    let mut forwarded = false;
+    for name in headers.keys() {
+        match name.as_str() {
+            "expect" => expect = true,
+            "x-forwarded-for" => forwarded = true,
+            other => {
+                if let Some(i) = hop_index_str(other) {
+                    present |= 1 << i;
+                }
+            }
+        }
+    }
+    if present != 0 {
+        strip_present(headers, present);
+    }
+    if expect {
+        headers.remove(http::header::EXPECT);
+    }
+    let chain = if forwarded {
+        forwarded_for(headers, client_ip)
+    } else {
+        client_ip.clone()
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), chain);
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+}
+
 /// Removes hop-by-hop headers.
 ///
 /// One pass over the names finds which are there, so that a message with
 /// none (most requests) or only `Connection` (most responses) costs one
 /// look at each name instead of seven removals.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let fixed = hop_by_hop();
     let mut present = 0u8;
     for name in headers.keys() {
         if let Some(i) = hop_index(name) {
@@ -63,6 +104,13 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present == 0 {
         return;
     }
+    strip_present(headers, present);
+}
+
+/// Removes the hop-by-hop headers whose bits (positions in [`hop_by_hop`])
+/// are set in `present`.
+fn strip_present(headers: &mut HeaderMap, present: u8) {
+    let fixed = hop_by_hop();
     if present & 1 != 0 {
         // The headers that `Connection` names go first, while it is still
         // there. Copying its values (cheap: they share the read buffer) lets
@@ -165,6 +213,27 @@ mod tests {
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn requests_lose_hop_by_hop_and_expect_and_gain_forwarding_headers() {
+        let ip = HeaderValue::from_static("10.0.0.9");
+        let mut headers = map(&[
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("expect", "100-continue"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("host", "api.example"),
+        ]);
+        prepare_request(&mut headers, &ip);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-forwarded-for", "x-forwarded-proto"]);
+        assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.7, 10.0.0.9");
+        assert_eq!(headers[&X_FORWARDED_PROTO], "http");
+        let mut plain = map(&[("host", "api.example")]);
+        prepare_request(&mut plain, &ip);
+        assert_eq!(plain[&X_FORWARDED_FOR], "10.0.0.9");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderName, HeaderValue};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -33,7 +33,7 @@ use crate::clock;
 use crate::conn::Connections;
 use crate::error::{Reject, UpstreamErrorKind};
 use crate::guard::GuardShared;
-use crate::headers::{X_FORWARDED_FOR, X_FORWARDED_PROTO, forwarded_for, strip_hop_by_hop};
+use crate::headers::{prepare_request, strip_hop_by_hop};
 use crate::server::Shared;
 use crate::table::{Pool, Route, Table, key_of};
 
@@ -233,7 +233,7 @@ impl Client {
                 .path_and_query()
                 .map(|p| p.as_str().to_owned())
         });
-        let outcome = self.forward(&table, route, pool, request).await;
+        let outcome = self.forward(&table, route, pool, request, start).await;
         let elapsed = start.elapsed();
         let status = outcome.response.status().as_u16();
         route.metrics.record(&method, status, elapsed);
@@ -265,8 +265,12 @@ impl Client {
         route: &Route,
         pool: &Pool,
         request: Request<Incoming>,
+        start: Instant,
     ) -> Outcome {
         let (mut parts, body) = request.into_parts();
+        // The request's start time serves as its first attempt's while
+        // nothing has been waited for since, which saves reading the clock.
+        let mut first_start = Some(start);
         let declared = declared_length(&parts.headers);
         // A declared length above the limit is refused before reading a byte.
         if declared.is_some_and(|len| len > table.max_request_body) {
@@ -276,6 +280,7 @@ impl Client {
         let limited = if route.tiers.is_empty() {
             None
         } else {
+            first_start = None;
             let limited = self
                 .rate_limit(table, route, &parts.headers, parts.uri.path())
                 .await;
@@ -297,6 +302,7 @@ impl Client {
         } else if declared.is_some_and(|len| len > pool.retry.max_replay_body) {
             Prepared::Stream(body)
         } else {
+            first_start = None;
             match read_body(body, table.max_request_body).await {
                 Ok(bytes) if bytes.is_empty() => Prepared::Empty,
                 Ok(bytes) => Prepared::Buffered(bytes),
@@ -305,13 +311,10 @@ impl Client {
         };
 
         let headers = &mut parts.headers;
-        strip_hop_by_hop(headers);
-        // The body is the gateway's to send now (hyper answered any
-        // `100 Continue` when it was read), so the upstream must not wait for it.
-        headers.remove(EXPECT);
-        let chain = forwarded_for(headers, &self.ip_header);
-        headers.insert(X_FORWARDED_FOR.clone(), chain);
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        // Hop-by-hop headers go, and so does `Expect`: the body is the
+        // gateway's to send now (hyper answered any `100 Continue` when it was
+        // read), so the upstream must not wait for it.
+        prepare_request(headers, &self.ip_header);
         if let Prepared::Buffered(bytes) = &body {
             // A chunked body was buffered and is now sent with a length.
             if !headers.contains_key(CONTENT_LENGTH) {
@@ -333,7 +336,7 @@ impl Client {
         parts.version = Version::HTTP_11;
 
         let hash = self.balance_hash(pool, &parts.headers, parts.uri.path(), &route.name);
-        let mut outcome = self.send(pool, parts, body, hash).await;
+        let mut outcome = self.send(pool, parts, body, hash, first_start).await;
         if let Some(limited) = limited {
             limit_headers(outcome.response.headers_mut(), &limited.decision, false);
         }
@@ -417,6 +420,7 @@ impl Client {
         parts: http::request::Parts,
         mut body: Prepared,
         hash: Option<u64>,
+        mut first_start: Option<Instant>,
     ) -> Outcome {
         let replayable_method =
             parts.method.is_idempotent() || parts.headers.contains_key(&IDEMPOTENCY_KEY);
@@ -455,7 +459,7 @@ impl Client {
                 }
                 next = Some(head.request(body.again()));
             }
-            let attempt_start = Instant::now();
+            let attempt_start = first_start.take().unwrap_or_else(Instant::now);
             let now = clock::at(attempt_start);
             let Some(index) = pool.pick(&tried, hash, now) else {
                 break;
@@ -474,7 +478,7 @@ impl Client {
             let (mut sender, _reused) = match self
                 .worker
                 .connections
-                .get(endpoint, pool.connect_timeout)
+                .get(endpoint, pool.connect_timeout, attempt_start)
                 .await
             {
                 Ok(conn) => conn,

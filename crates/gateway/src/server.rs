@@ -177,6 +177,7 @@ async fn run_worker(
     let worker = Rc::new(Worker::new(shared));
     tokio::task::spawn_local(sweep(Rc::clone(&worker)));
     let drain = Rc::new(Drain::default());
+    let stop = Rc::new(Stop::default());
     let gauges = Gauges {
         active: observe::active_connections(),
         parked: observe::parked_connections(),
@@ -196,7 +197,7 @@ async fn run_worker(
                         stream,
                         peer,
                         Rc::clone(&worker),
-                        shutdown.clone(),
+                        Rc::clone(&stop),
                         gauges.parked.clone(),
                     );
                     tokio::task::spawn_local(async move {
@@ -215,6 +216,7 @@ async fn run_worker(
     // Closing the listener first makes new connections fail at once
     // instead of waiting in the backlog for an answer that never comes.
     drop(listener);
+    stop.raise();
     tracing::debug!(
         connections = drain.live.get(),
         "worker draining connections"
@@ -281,6 +283,76 @@ async fn sweep(worker: Rc<Worker>) {
     }
 }
 
+/// The worker's signal to its client connections (in a session or parked)
+/// that shutdown has begun.
+///
+/// A session checks the flag each time it is polled (a `Cell`, no atomics
+/// and no lock) and registers its task's waker once, so that a request costs
+/// nothing for it; a `watch` receiver polled alongside every session would
+/// take a mutex on each poll, and its wait would make every connection's
+/// task larger.
+#[derive(Default)]
+struct Stop {
+    raised: std::cell::Cell<bool>,
+    next: std::cell::Cell<u64>,
+    waiting: RefCell<std::collections::HashMap<u64, std::task::Waker>>,
+}
+
+impl Stop {
+    /// Raises the flag and wakes every session waiting on it.
+    fn raise(&self) {
+        self.raised.set(true);
+        let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
+        for waker in waiting.into_values() {
+            waker.wake();
+        }
+    }
+
+    /// Resolves once the flag is raised.
+    fn wait(&self) -> StopWait<'_> {
+        StopWait {
+            stop: self,
+            id: None,
+        }
+    }
+}
+
+/// A session's wait for [`Stop`]; it deregisters when dropped.
+struct StopWait<'a> {
+    stop: &'a Stop,
+    id: Option<u64>,
+}
+
+impl Future for StopWait<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.stop.raised.get() {
+            return Poll::Ready(());
+        }
+        if self.id.is_none() {
+            // A session is polled by its connection's task only, whose
+            // waker stays the same: registering it once is enough.
+            let id = self.stop.next.get();
+            self.stop.next.set(id + 1);
+            self.stop
+                .waiting
+                .borrow_mut()
+                .insert(id, cx.waker().clone());
+            self.id = Some(id);
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for StopWait<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.stop.waiting.borrow_mut().remove(&id);
+        }
+    }
+}
+
 /// The gauges of client connections.
 struct Gauges {
     active: metrics::Gauge,
@@ -298,7 +370,7 @@ fn serve_client(
     stream: TcpStream,
     peer: SocketAddr,
     worker: Rc<Worker>,
-    mut shutdown: watch::Receiver<bool>,
+    stop: Rc<Stop>,
     parked: metrics::Gauge,
 ) -> impl Future<Output = ()> + 'static {
     // Responses are written as soon as they are ready; Nagle would hold
@@ -339,24 +411,31 @@ fn serve_client(
     ));
     async move {
         loop {
-            if *shutdown.borrow() {
+            if stop.raised.get() {
                 return;
             }
             // Boxed, so that a parked connection's task keeps no room for it.
             let mut session = Box::pin(
                 http.serve_connection(TokioIo::new(GuardedIo(Rc::clone(&io))), service.clone()),
             );
-            let mut stopping = false;
-            let ended = loop {
-                tokio::select! {
-                    ended = session.as_mut() => break ended,
-                    _ = shutdown.changed(), if !stopping => {
+            let ended = {
+                let mut stopping = std::pin::pin!(stop.wait());
+                let mut stopped = false;
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(ended) = session.as_mut().poll(cx) {
+                        return Poll::Ready(ended);
+                    }
+                    if !stopped && stopping.as_mut().poll(cx).is_ready() {
                         // Finish the request in flight (if any), then close:
                         // hyper answers it with `Connection: close`.
-                        stopping = true;
+                        stopped = true;
                         session.as_mut().graceful_shutdown();
+                        return session.as_mut().poll(cx);
                     }
-                }
+                    io.borrow_mut().poll_idle(cx);
+                    Poll::Pending
+                })
+                .await
             };
             drop(session);
             if let Err(error) = ended {
@@ -364,28 +443,27 @@ fn serve_client(
                 tracing::debug!(%error, %peer, "client connection ended with an error");
                 return;
             }
-            let deadline = {
-                let guarded = io.borrow();
-                if !guarded.is_parking() || *shutdown.borrow() {
-                    return;
-                }
-                guarded.idle_deadline()
-            };
+            if !io.borrow().is_parking() || stop.raised.get() {
+                return;
+            }
             idle_client.release_idle_state();
             parked.increment(1.0);
+            // Parked: until the client sends, the header read timeout runs
+            // out (on the guard's own timer) or shutdown begins. Nothing is
+            // kept for the wait but the registration with `stop`.
             let woke = {
-                let readable = std::future::poll_fn(|cx| io.borrow().poll_read_ready(cx));
-                let expired = async {
-                    match deadline {
-                        Some(deadline) => tokio::time::sleep_until(deadline).await,
-                        None => std::future::pending().await,
+                let mut stopping = std::pin::pin!(stop.wait());
+                std::future::poll_fn(|cx| {
+                    let mut guarded = io.borrow_mut();
+                    if let Poll::Ready(ready) = guarded.poll_read_ready(cx) {
+                        return Poll::Ready(ready.is_ok());
                     }
-                };
-                tokio::select! {
-                    ready = readable => ready.is_ok(),
-                    () = expired => false,
-                    _ = shutdown.changed() => false,
-                }
+                    if guarded.poll_parked(cx).is_ready() || stopping.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(false);
+                    }
+                    Poll::Pending
+                })
+                .await
             };
             parked.decrement(1.0);
             if !woke {
