@@ -42,6 +42,10 @@ struct Args {
     partitions: u32,
     concurrency: usize,
     window: usize,
+    /// Rows to run, in this order, among `raw`, `raw-ids`, `nats`, `embedded`.
+    rows: Vec<String>,
+    /// Runs of the rows, alternating (raw, ours, raw, ours ...).
+    repeat: usize,
 }
 
 fn parse() -> Result<Args, Error> {
@@ -55,6 +59,10 @@ fn parse() -> Result<Args, Error> {
         partitions: 8,
         concurrency: 8,
         window: 1_000,
+        rows: ["raw", "raw-ids", "nats", "embedded"]
+            .map(String::from)
+            .to_vec(),
+        repeat: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,6 +81,8 @@ fn parse() -> Result<Args, Error> {
             "--partitions" => args.partitions = value.parse()?,
             "--concurrency" => args.concurrency = value.parse()?,
             "--window" => args.window = value.parse()?,
+            "--rows" => args.rows = value.split(',').map(str::to_owned).collect(),
+            "--repeat" => args.repeat = value.parse::<usize>()?.max(1),
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -82,26 +92,44 @@ fn parse() -> Result<Args, Error> {
     Ok(args)
 }
 
-/// CPU time of this process and the server so far.
-fn cpu(args: &Args, with_server: bool) -> Duration {
+/// CPU time so far of this process and, with `with_server`, of the server.
+fn cpu(args: &Args, with_server: bool) -> Cpu {
     let own = procfs::self_stat().map(|s| s.cpu).unwrap_or_default();
     let server = match (with_server, args.nats_pid) {
         (true, Some(pid)) => procfs::stat(pid).map(|s| s.cpu).unwrap_or_default(),
         _ => Duration::ZERO,
     };
-    own + server
+    Cpu { own, server }
+}
+
+/// CPU time of this process and of the server.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    own: Duration,
+    server: Duration,
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, earlier: Cpu) -> Cpu {
+        Cpu {
+            own: self.own.saturating_sub(earlier.own),
+            server: self.server.saturating_sub(earlier.server),
+        }
+    }
 }
 
 struct Row {
     name: &'static str,
     publish: Duration,
     consume: Duration,
-    cpu: Duration,
+    cpu: Cpu,
 }
 
 impl Row {
     fn print(&self, args: &Args) {
         let n = args.messages as f64;
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / n;
         println!(
             "{}",
             serde_json::json!({
@@ -109,7 +137,9 @@ impl Row {
                 "messages": args.messages,
                 "publish_per_s": n / self.publish.as_secs_f64(),
                 "consume_per_s": n / self.consume.as_secs_f64(),
-                "cpu_us_per_msg": self.cpu.as_secs_f64() * 1e6 / n,
+                "cpu_us_per_msg": us(self.cpu.own + self.cpu.server),
+                "client_cpu_us_per_msg": us(self.cpu.own),
+                "server_cpu_us_per_msg": us(self.cpu.server),
             })
         );
     }
@@ -134,7 +164,7 @@ async fn raw(args: &Args, ids: bool) -> Result<Row, Error> {
             ..Default::default()
         })
         .await?;
-    let consumer = stream
+    let mut consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some("raw".into()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
@@ -178,7 +208,14 @@ async fn raw(args: &Args, ids: bool) -> Result<Row, Error> {
         message.ack().await?;
         got += 1;
     }
-    client.flush().await?;
+    // Done when the server has every ack, as for the worker rows below.
+    loop {
+        let info = consumer.info().await?;
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let consume = start.elapsed();
     let row = Row {
         name: if ids {
@@ -196,12 +233,20 @@ async fn raw(args: &Args, ids: bool) -> Result<Row, Error> {
     Ok(row)
 }
 
-/// Counts what it is handed and acknowledges everything.
-struct Count(Arc<AtomicU64>);
+/// Counts what it is handed, acknowledges everything and says when it has
+/// seen `target` messages.
+struct Count {
+    seen: AtomicU64,
+    target: u64,
+    done: tokio::sync::Notify,
+}
 
 impl BatchHandler for Count {
     async fn handle<'a>(&'a self, batch: &'a [Delivery]) -> Vec<Result<(), HandlerError>> {
-        self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let seen = self.seen.fetch_add(batch.len() as u64, Ordering::Relaxed) + batch.len() as u64;
+        if seen >= self.target {
+            self.done.notify_one();
+        }
         vec![Ok(()); batch.len()]
     }
 }
@@ -213,20 +258,27 @@ async fn through_worker<B: Backend>(
     with_server: bool,
 ) -> Result<Row, Error> {
     let queue = Arc::new(queue);
+    let topic = format!("bench{:08x}", rand::random::<u32>());
     queue
-        .ensure_topic(&TopicSpec::new("bench", args.partitions, &["g"]))
+        .ensure_topic(&TopicSpec::new(&topic, args.partitions, &["g"]))
         .await?;
+    // Set up before the clock starts, as the raw rows create their consumer.
+    queue.prepare_group(&topic, "g", args.batch).await?;
     let all = messages(args);
     let cpu0 = cpu(args, with_server);
     let start = Instant::now();
     // Publish in the chunks an outbox relay would use.
     for chunk in all.chunks(args.window) {
-        queue.publish("bench", chunk).await?;
+        queue.publish(&topic, chunk).await?;
     }
     let publish = start.elapsed();
 
-    let count = Arc::new(AtomicU64::new(0));
-    let mut options = GroupOptions::new("bench", "g");
+    let count = Arc::new(Count {
+        seen: AtomicU64::new(0),
+        target: args.messages as u64,
+        done: tokio::sync::Notify::new(),
+    });
+    let mut options = GroupOptions::new(&topic, "g");
     options.batch_size = args.batch;
     options.concurrency = args.concurrency;
     options.fetch_wait = Duration::from_millis(100);
@@ -235,16 +287,15 @@ async fn through_worker<B: Backend>(
     let worker = tokio::spawn(
         Worker::new(queue.clone())
             .with_stats_interval(Duration::from_secs(3600))
-            .group(options, Count(count.clone()))
+            .group(options, count.clone())
             .run(async move {
                 let _ = stopped.await;
             }),
     );
-    while count.load(Ordering::Relaxed) < args.messages as u64 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    // The last batch is counted before it is acknowledged: wait for the acks.
-    while queue.group_stats("bench", "g").await?.lag() > 0 {
+    count.done.notified().await;
+    // The last batch is counted before it is acknowledged: wait for the acks,
+    // as the raw rows do.
+    while queue.group_stats(&topic, "g").await?.lag() > 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let consume = start.elapsed();
@@ -262,21 +313,25 @@ async fn through_worker<B: Backend>(
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Error> {
     let args = parse()?;
-    raw(&args, false).await?.print(&args);
-    raw(&args, true).await?.print(&args);
-
     let prefix = format!("bench{:08x}", rand::random::<u32>());
     let nats =
         JetStreamQueue::connect(JetStreamOptions::new(&args.nats_url).with_prefix(&prefix)).await?;
-    through_worker("scalestack nats", nats, &args, true)
-        .await?
-        .print(&args);
-
     let path = args.dir.join(format!("{prefix}.db"));
     let embedded = EmbeddedQueue::open(EmbeddedOptions::new(&path)).await?;
-    through_worker("scalestack embedded", embedded.clone(), &args, false)
-        .await?
-        .print(&args);
+    for _ in 0..args.repeat {
+        for row in &args.rows {
+            let row = match row.as_str() {
+                "raw" => raw(&args, false).await?,
+                "raw-ids" => raw(&args, true).await?,
+                "nats" => through_worker("scalestack nats", nats.clone(), &args, true).await?,
+                "embedded" => {
+                    through_worker("scalestack embedded", embedded.clone(), &args, false).await?
+                }
+                other => return Err(format!("unknown row {other}").into()),
+            };
+            row.print(&args);
+        }
+    }
     embedded.close().await;
     Ok(())
 }

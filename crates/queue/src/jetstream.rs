@@ -365,17 +365,22 @@ impl JetStreamQueue {
             .get_stream_no_info(self.stream_name(topic))
             .await
             .map_err(|e| QueueError::nats("read stream", e))?;
+        let mut changed = false;
         for source in sources.iter() {
             let info = source.consumer.cached_info();
             if info.config.max_ack_pending == window as i64 {
                 continue;
             }
+            changed = true;
             let name = info.name.clone();
             let filter = info.config.filter_subject.clone();
             stream
                 .update_consumer(self.consumer_config(&name, filter, window as i64))
                 .await
                 .map_err(|e| QueueError::nats("update consumer", e))?;
+        }
+        if !changed {
+            return Ok(());
         }
         // Re-read the consumers so that their cached settings are current.
         self.inner
@@ -627,6 +632,21 @@ impl JetStreamQueue {
             })?;
         letter.id = seq;
         Ok(letter)
+    }
+
+    /// Acknowledges `message` and waits for the server's reply. A request
+    /// through the client's shared reply subscription, where the client's
+    /// `double_ack` subscribes and unsubscribes an inbox for every call.
+    async fn confirmed_ack(&self, message: &jetstream::Message) -> Result<(), QueueError> {
+        let Some(reply) = message.reply.clone() else {
+            return Err(QueueError::nats("ack", "not a JetStream message"));
+        };
+        self.inner
+            .client
+            .request(reply, Bytes::from_static(b"+ACK"))
+            .await
+            .map_err(|e| QueueError::nats("ack", e))?;
+        Ok(())
     }
 
     async fn flush(&self) -> Result<(), QueueError> {
@@ -883,28 +903,21 @@ impl Backend for JetStreamQueue {
         let mut consumers = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             let message = Self::nats_message(delivery)?;
-            let consumer = message
-                .info()
-                .map(|info| info.consumer.to_owned())
-                .unwrap_or_default();
+            let consumer = message.info().map(|info| info.consumer).unwrap_or("");
             consumers.push((message, consumer));
         }
-        let mut seen = std::collections::HashSet::new();
-        let last: Vec<bool> = consumers
-            .iter()
-            .rev()
-            .map(|(_, consumer)| seen.insert(consumer.as_str()))
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        for ((message, _), last) in consumers.iter().zip(last) {
-            let acked = if last {
-                message.double_ack().await
+        for (i, (message, consumer)) in consumers.iter().enumerate() {
+            // A batch holds one consumer's messages, so this stops at once
+            // but for the last one.
+            let last = !consumers[i + 1..].iter().any(|(_, c)| c == consumer);
+            if last {
+                self.confirmed_ack(message).await?;
             } else {
-                message.ack().await
-            };
-            acked.map_err(|e| QueueError::nats("ack", e))?;
+                message
+                    .ack()
+                    .await
+                    .map_err(|e| QueueError::nats("ack", e))?;
+            }
         }
         self.settled(deliveries);
         for delivery in deliveries {

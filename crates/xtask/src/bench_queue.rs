@@ -47,6 +47,10 @@ pub(crate) struct Args {
     /// Print only; do not append to BENCHMARKS.md.
     #[arg(long)]
     no_append: bool,
+    /// Skip the end-to-end latency rows (throughput only; implies
+    /// `--no-append`).
+    #[arg(long)]
+    no_e2e: bool,
 }
 
 struct LatencyRow {
@@ -118,6 +122,10 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             "expected 4 result rows from the benchmark, got {}",
             rows.len()
         );
+    }
+    if args.no_e2e {
+        println!("{}", render(&rows));
+        return Ok(());
     }
     let latency = end_to_end(args, &server, dir.path())?;
     let table = format!("{}\n{}", render(&rows), render_latency(args, &latency));
