@@ -645,10 +645,12 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(b.state(), BreakerState::Open);
-        assert_eq!(
-            refused.load(Ordering::Relaxed),
-            300,
-            "exactly the 100 calls before opening passed"
+        // A call admitted while another thread's 100th failure is still on
+        // its way in also passes: at most one per other thread.
+        let passed = 400 - refused.load(Ordering::Relaxed);
+        assert!(
+            (100..=103).contains(&passed),
+            "{passed} calls passed; the breaker opens after 100 (plus calls in flight)"
         );
     }
 
