@@ -40,13 +40,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use scalestack_bench::BenchReport;
 use scalestack_config::{Config, L2Mode};
 use scalestack_telemetry::procfs;
 use scalestack_testkit::http::Client;
 use scalestack_testkit::redis::RedisServer;
 use scalestack_testkit::stack::{Stack, test_config};
 
+use crate::report;
 use crate::{cargo, ensure_program, root, run as run_cmd};
 
 /// Options of the cache benchmark.
@@ -331,35 +331,27 @@ async fn through_gateway(
         .map_err(anyhow::Error::msg)?;
     let url = format!("{}/users/{{id}}", stack.gateway_url());
     let keys = format!("1..{}", args.users);
-    let json = dir.join("bench.json");
-    // The release binary, not `scalestack_bench::run` in this process:
-    // xtask is built in the dev profile, where workspace crates are not
-    // optimised, and an unoptimised generator would overstate its own cost.
-    let bench = |seconds: u64, cpu_pid: Option<u32>| {
-        let mut cmd = Command::new(exe);
-        cmd.args([
-            "bench", "--url", &url, "--keys", &keys, "--dist", "zipf:1.1", "--quiet",
-        ])
-        .args(["--connections", &args.connections.to_string()])
-        .args(["--duration", &format!("{seconds}s"), "--json"])
-        .arg(&json)
-        .stdout(Stdio::null());
-        if let Some(pid) = cpu_pid {
-            cmd.args(["--cpu-pid", &pid.to_string()]);
-        }
-        cmd
-    };
+    let connections = args.connections.to_string();
+    let load = [
+        "--url",
+        &url,
+        "--keys",
+        &keys,
+        "--dist",
+        "zipf:1.1",
+        "--connections",
+        &connections,
+    ];
     let result = async {
         eprintln!("xtask: warming up for {} s", args.warmup);
-        run_cmd(&mut bench(args.warmup, None))?;
+        report::release_bench(exe, dir, &load, args.warmup, None)?;
         let client = Client::new(Duration::from_secs(5));
         let before = counters(&client, &stack, args.api_instances).await?;
         let redis_before = redis_cpu(redis);
         eprintln!("xtask: measuring for {} s", args.seconds);
-        run_cmd(&mut bench(args.seconds, Some(stack.pid())))?;
+        let report = report::release_bench(exe, dir, &load, args.seconds, Some(stack.pid()))?;
         let redis_used = redis_cpu(redis).saturating_sub(redis_before);
         let after = counters(&client, &stack, args.api_instances).await?;
-        let report: BenchReport = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
         let invalidation = if setup.has_l1() && args.api_instances >= 2 {
             eprintln!("xtask: invalidation probe, {} writes", args.probes);
             invalidation_probe(&stack, args.users, args.probes)?
@@ -761,22 +753,13 @@ fn render(stack: &[StackRow], ceiling: &[Row]) -> String {
 }
 
 fn append(args: &Args, table: &str, seed_secs: f64) -> Result<()> {
-    let path = root().join("BENCHMARKS.md");
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let date = time::OffsetDateTime::now_utc().date();
-    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    let machine = report::machine();
+    let date = report::today();
+    let mut text = String::new();
     let _ = write!(
         text,
         "\n## Cache tier: GET /users/{{id}} through the gateway, and the L2 ceiling ({date})\n\n\
-         Machine: {cores} cores ({cpu}); the stack, redis-server 7 (Debian), the load generator \
+         Machine: {machine}; the stack, redis-server 7 (Debian), the load generator \
          and the seeder share it.\n\
          Stack: release build, {} api instances, 4 SQLite shards + catalog, seeded with {} users \
          in {seed_secs:.1} s; started four times on the same data: L1 + L2 (the default 64 MiB \
@@ -816,9 +799,7 @@ fn append(args: &Args, table: &str, seed_secs: f64) -> Result<()> {
         args.l2_seconds,
         args.requests,
     );
-    std::fs::write(&path, text)?;
-    eprintln!("xtask: appended to {}", path.display());
-    Ok(())
+    report::append(&text)
 }
 
 #[cfg(test)]

@@ -29,9 +29,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use scalestack_bench::BenchReport;
 use scalestack_telemetry::procfs;
 
+use crate::report;
 use crate::{cargo, ensure_program, root, run as run_cmd};
 
 /// Options of the gateway benchmark.
@@ -487,26 +487,13 @@ fn bench_rate(exe: &Path, dir: &Path, proxy: &Server, rate: f64, seconds: u64) -
     )
 }
 
-/// One run of the release `scalestack bench` against `proxy`, with the
-/// proxy's CPU measured. The release binary, not `scalestack_bench::run` in
-/// this process: xtask is built in the dev profile, and an unoptimised load
-/// generator would be the bottleneck and make every proxy look the same.
+/// One run of the release `scalestack bench` (one thread) against `proxy`,
+/// with the proxy's CPU measured.
 fn bench(exe: &Path, dir: &Path, proxy: &Server, extra: &[&str], seconds: u64) -> Result<Sample> {
-    let json = dir.join("bench.json");
-    let _ = std::fs::remove_file(&json);
-    run_cmd(
-        Command::new(exe)
-            .args(["bench", "--url", &proxy.url(), "--threads", "1", "--quiet"])
-            .args(extra)
-            .args(["--duration", &format!("{seconds}s")])
-            .args(["--cpu-pid", &proxy.pid().to_string()])
-            .arg("--json")
-            .arg(&json)
-            .stdout(Stdio::null()),
-    )?;
-    let report: BenchReport =
-        serde_json::from_str(&std::fs::read_to_string(&json).context("read the bench report")?)
-            .context("parse the bench report")?;
+    let url = proxy.url();
+    let mut load = vec!["--url", &url, "--threads", "1"];
+    load.extend(extra);
+    let report = report::release_bench(exe, dir, &load, seconds, Some(proxy.pid()))?;
     Ok(Sample {
         rps: report.rps,
         p50_ms: report.latency.p50_us as f64 / 1e3,
@@ -778,23 +765,14 @@ fn render_targets(t: &mut String, wrk: &[Sample], bench: &[Sample], fixed: &[Sam
 }
 
 fn append(args: &Args, report: &str) -> Result<()> {
-    let path = root().join("BENCHMARKS.md");
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let machine = report::machine();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let date = time::OffsetDateTime::now_utc().date();
-    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    let date = report::today();
+    let mut text = String::new();
     let _ = write!(
         text,
         "\n## Gateway against NGINX and HAProxy ({date})\n\n\
-         Machine: {cores} cores ({cpu}); load average before the run: {}.\n\
+         Machine: {machine}; load average before the run: {}.\n\
          Upstream: NGINX `return 200` (one worker). Proxies with {} worker threads each: \
          NGINX 1.22 (`proxy_pass`, upstream `keepalive 256`), HAProxy 2.6 (`http-reuse always`), \
          `scalestack gateway` (one pool, round robin). Clients: wrk (1 thread) and \
@@ -812,9 +790,7 @@ fn append(args: &Args, report: &str) -> Result<()> {
         args.rounds,
         args.idle_clients,
     );
-    std::fs::write(&path, text)?;
-    eprintln!("xtask: appended to {}", path.display());
-    Ok(())
+    report::append(&text)
 }
 
 #[cfg(test)]

@@ -18,13 +18,14 @@
 //!    that stays put on a loaded machine, unlike times.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use scalestack_testkit::ports::free_port;
 
+use crate::report;
 use crate::{cargo, ensure_program, root, run as run_cmd};
 
 /// Options of the load generator benchmark.
@@ -452,17 +453,8 @@ fn render(
 }
 
 fn append(args: &Args, table: &str) -> Result<()> {
-    let path: PathBuf = root().join("BENCHMARKS.md");
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let date = time::OffsetDateTime::now_utc().date();
+    let machine = report::machine();
+    let date = report::today();
     let mut command = format!(
         "cargo xtask bench loadgen --connections {} --seconds {} --rounds {} --rate {}",
         args.connections, args.seconds, args.rounds, args.rate
@@ -474,20 +466,18 @@ fn append(args: &Args, table: &str) -> Result<()> {
             args.callgrind_seconds
         );
     }
-    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut text = String::new();
     let _ = write!(
         text,
         "\n## Load generator: scalestack bench against wrk and h2load ({date})\n\n\
-         Machine: {cores} cores ({cpu}); nginx (1 worker) and the client share it.\n\
+         Machine: {machine}; nginx (1 worker) and the client share it.\n\
          Target: nginx serving an 18-byte static file; HTTP/1.1 keep-alive, {} connections; \
          h2c with {} connections × {} streams; {} s per client; {} alternating HTTP/1.1 rounds.\n\
          Client CPU = utime + stime of the client process (bash `times`, the same for every client).\n\n\
          Command: `{command}`\n\n{table}",
         args.connections, args.h2_connections, args.streams, args.seconds, args.rounds,
     );
-    std::fs::write(&path, text)?;
-    eprintln!("xtask: appended to {}", path.display());
-    Ok(())
+    report::append(&text)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use scalestack_testkit::nats::NatsServer;
 
+use crate::report;
 use crate::{cargo, ensure_program, root};
 
 /// Options of the queue benchmark.
@@ -225,19 +226,18 @@ fn render(rows: &[Row]) -> String {
 }
 
 fn append(args: &Args, table: &str) -> Result<()> {
-    let path = root().join("BENCHMARKS.md");
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let date = time::OffsetDateTime::now_utc().date();
+    let machine = report::machine();
+    let date = report::today();
     let server = Command::new("nats-server")
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut text = String::new();
     let _ = write!(
         text,
         "\n## Queue: publish and consume throughput ({date})\n\n\
-         Machine: {cores} cores; {server} with JetStream on file storage, the benchmark and the \
+         Machine: {machine}; {server} with JetStream on file storage, the benchmark and the \
          server share it.\n\
          Each row publishes {} messages of {} bytes (acks awaited in windows of {}), then consumes \
          and acknowledges all of them. Raw: one stream over {} subjects, one durable pull consumer \
@@ -264,7 +264,5 @@ fn append(args: &Args, table: &str) -> Result<()> {
         args.orders,
         args.order_rate,
     );
-    std::fs::write(&path, text)?;
-    eprintln!("xtask: appended to {}", path.display());
-    Ok(())
+    report::append(&text)
 }

@@ -17,6 +17,7 @@ use scalestack_bench::BenchReport;
 use scalestack_telemetry::procfs;
 use scalestack_testkit::stack::{Stack, test_config};
 
+use crate::report;
 use crate::{cargo, ensure_program, root, run as run_cmd};
 
 /// Options of the stack benchmark.
@@ -95,24 +96,19 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     let url = format!("{}/users/{{id}}", stack.gateway_url());
     let keys = format!("1..{}", args.users);
 
-    // The release binary, not `scalestack_bench::run` in this process:
-    // xtask is built in the dev profile, where workspace crates are not
-    // optimised, and an unoptimised generator would overstate its own cost.
+    let connections = args.connections.to_string();
+    let load = [
+        "--url",
+        &url,
+        "--keys",
+        &keys,
+        "--dist",
+        "zipf:1.1",
+        "--connections",
+        &connections,
+    ];
     let bench = |seconds: u64, measure: bool| -> Result<BenchReport> {
-        let json = dir.path().join("bench.json");
-        let mut cmd = Command::new(&exe);
-        cmd.args([
-            "bench", "--url", &url, "--keys", &keys, "--dist", "zipf:1.1", "--quiet",
-        ])
-        .args(["--connections", &args.connections.to_string()])
-        .args(["--duration", &format!("{seconds}s"), "--json"])
-        .arg(&json)
-        .stdout(std::process::Stdio::null());
-        if measure {
-            cmd.args(["--cpu-pid", &pid.to_string()]);
-        }
-        run_cmd(&mut cmd)?;
-        Ok(serde_json::from_str(&std::fs::read_to_string(&json)?)?)
+        report::release_bench(&exe, dir.path(), &load, seconds, measure.then_some(pid))
     };
     eprintln!("xtask: warming up for {} s", args.warmup);
     bench(args.warmup, false)?;
@@ -279,22 +275,13 @@ fn render(rows: &[Row]) -> String {
 }
 
 fn append(args: &Args, table: &str, seed_secs: f64) -> Result<()> {
-    let path = root().join("BENCHMARKS.md");
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let date = time::OffsetDateTime::now_utc().date();
-    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    let machine = report::machine();
+    let date = report::today();
+    let mut text = String::new();
     let _ = write!(
         text,
         "\n## Walking skeleton: GET /users/{{id}} through the gateway ({date})\n\n\
-         Machine: {cores} cores ({cpu}); the stack, both clients and the seeder share it.\n\
+         Machine: {machine}; the stack, both clients and the seeder share it.\n\
          Stack: release build, {} api instances, 4 SQLite shards + catalog, L1 cache on, \
          seeded with {} users and {} products in {seed_secs:.1} s.\n\
          Load: Zipf(1.1) keys over 1..={}, {} connections, {} s per client after {} s of warm-up; \
@@ -313,9 +300,7 @@ fn append(args: &Args, table: &str, seed_secs: f64) -> Result<()> {
         args.connections,
         args.seconds,
     );
-    std::fs::write(&path, text)?;
-    eprintln!("xtask: appended to {}", path.display());
-    Ok(())
+    report::append(&text)
 }
 
 #[cfg(test)]

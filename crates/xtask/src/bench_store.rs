@@ -26,6 +26,7 @@ use scalestack_config::{Config, ReplicaSetConfig};
 use scalestack_testkit::ports::free_addr;
 use scalestack_testkit::postgres::{PgCluster, PgOptions, SUPERUSER, bin_dir};
 
+use crate::report;
 use crate::{cargo, ensure_program, root, run as run_cmd};
 
 /// Options of the store benchmark.
@@ -192,10 +193,8 @@ fn orders_scenario(args: &Args) -> Result<Scenario> {
     Ok(Scenario::from_toml(&orders_text(args), "bench store")?)
 }
 
-/// Drives `url` (with the scenario file, if any) through the release
-/// `scalestack bench`, not `scalestack_bench::run` in this process: xtask
-/// is built in the dev profile, and an unoptimised load generator would
-/// measure itself.
+/// Drives `url` (with the scenario file, if any), warm-up first, with the
+/// api's CPU measured in the second run.
 fn drive(
     exe: &Path,
     url: &str,
@@ -204,28 +203,17 @@ fn drive(
     pid: u32,
     dir: &Path,
 ) -> Result<BenchReport> {
-    let run = |seconds: u64, measure: bool| -> Result<BenchReport> {
-        let json = dir.join("bench.json");
-        let mut cmd = Command::new(exe);
-        cmd.args(["bench", "--url", url, "--quiet"])
-            .args(["--keys", &format!("1..{}", args.users)])
-            .args(["--connections", &args.connections.to_string()])
-            .args(["--duration", &format!("{seconds}s"), "--json"])
-            .arg(&json)
-            .stdout(Stdio::null());
-        if let Some(scenario) = scenario {
-            cmd.arg("--scenario").arg(scenario);
-        }
-        if measure {
-            cmd.args(["--cpu-pid", &pid.to_string()]);
-        }
-        run_cmd(&mut cmd)?;
-        Ok(serde_json::from_str(&std::fs::read_to_string(&json)?)?)
-    };
-    if args.warmup > 0 {
-        run(args.warmup, false)?;
+    let keys = format!("1..{}", args.users);
+    let connections = args.connections.to_string();
+    let mut load = vec!["--url", url, "--keys", &keys, "--connections", &connections];
+    let scenario = scenario.map(|s| s.to_string_lossy().into_owned());
+    if let Some(scenario) = &scenario {
+        load.extend(["--scenario", scenario.as_str()]);
     }
-    run(args.seconds, true)
+    if args.warmup > 0 {
+        report::release_bench(exe, dir, &load, args.warmup, None)?;
+    }
+    report::release_bench(exe, dir, &load, args.seconds, Some(pid))
 }
 
 /// The api's order transaction as a pgbench script.
@@ -445,22 +433,13 @@ fn render(rows: &[Row]) -> String {
 }
 
 fn append(args: &Args, table: &str) -> Result<()> {
-    let path = root().join("BENCHMARKS.md");
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let date = time::OffsetDateTime::now_utc().date();
-    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    let machine = report::machine();
+    let date = report::today();
+    let mut text = String::new();
     let _ = write!(
         text,
         "\n## Data tier: orders and user reads on PostgreSQL ({date})\n\n\
-         Machine: {cores} cores ({cpu}); PostgreSQL 15 (fsync and synchronous_commit on, one \
+         Machine: {machine}; PostgreSQL 15 (fsync and synchronous_commit on, one \
          asynchronous streaming replica on server a), the api (release build, one process) and the \
          load generator share it.\n\
          Writes: `POST /orders` with uniform users over 1..={} and products over 1..={}; 1 shard = \
@@ -479,9 +458,7 @@ fn append(args: &Args, table: &str) -> Result<()> {
         args.connections,
         args.seconds,
     );
-    std::fs::write(&path, text)?;
-    eprintln!("xtask: appended to {}", path.display());
-    Ok(())
+    report::append(&text)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod bench_loadgen;
 mod bench_queue;
 mod bench_stack;
 mod bench_store;
+mod report;
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "scalestack developer tasks")]
