@@ -8,6 +8,7 @@
 //! It must never be used by the product itself: only tests, benches and xtask
 //! depend on it.
 
+mod guarded;
 pub mod http;
 pub mod nats;
 pub mod ports;

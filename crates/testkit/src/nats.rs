@@ -14,19 +14,16 @@
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, Signal, kill_process};
+use crate::guarded::Guarded;
 
 /// How long a server may take to accept connections with JetStream on.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The guard: starts nats-server with the given arguments, prints its pid,
 /// and kills it when its standard input reaches end-of-file.
-const GUARD: &str = "nats-server \"$@\" & pid=$!; echo $pid; read _unused; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null";
-
 /// A `nats-server -js` on a free loopback port.
 #[derive(Debug)]
 pub struct NatsServer {
@@ -34,31 +31,6 @@ pub struct NatsServer {
     dir: PathBuf,
     process: Option<Guarded>,
     _tmp: tempfile::TempDir,
-}
-
-/// A running server and its guard shell.
-#[derive(Debug)]
-struct Guarded {
-    guard: Child,
-    /// Held open so that the guard keeps the server alive.
-    stdin: Option<ChildStdin>,
-    pid: u32,
-}
-
-impl Guarded {
-    fn kill(mut self) {
-        if let Some(pid) = Pid::from_raw(self.pid as i32) {
-            let _ = kill_process(pid, Signal::KILL);
-        }
-        drop(self.stdin.take());
-        let _ = self.guard.wait();
-        // Wait for the port (and the store's lock) to be released so that a
-        // restart does not race the dying process.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while crate::stack::process_alive(self.pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
 }
 
 impl NatsServer {
@@ -105,27 +77,9 @@ impl NatsServer {
             "--log".to_owned(),
             log.display().to_string(),
         ];
-        let mut guard = Command::new("sh")
-            .arg("-c")
-            .arg(GUARD)
-            .arg("sh")
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("spawn sh for nats-server: {e}"))?;
-        let stdout = guard.stdout.take().ok_or("no stdout of the guard")?;
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .map_err(|e| format!("read nats-server pid: {e}"))?;
-        let pid: u32 = line
-            .trim()
-            .parse()
-            .map_err(|_| format!("the guard printed no pid: {line:?}"))?;
-        let stdin = guard.stdin.take();
-        self.process = Some(Guarded { guard, stdin, pid });
+        let guarded = Guarded::spawn("nats-server", &args)?;
+        let pid = guarded.pid;
+        self.process = Some(guarded);
 
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -212,6 +166,8 @@ fn jetstream_ready(port: u16) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::process::Command;
+
     use super::*;
 
     fn have_nats() -> bool {

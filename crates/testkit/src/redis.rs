@@ -15,23 +15,23 @@
 //!
 //! This module must not be used by the product; only tests, benches and xtask.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
 use rustix::process::{Pid, Signal, kill_process};
 
+use crate::guarded::Guarded;
+
 /// How long a server may take to answer its first PING.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The guard: starts redis-server with the given arguments, prints its pid,
 /// and kills it when its standard input reaches end-of-file.
-const GUARD: &str = "redis-server \"$@\" & pid=$!; echo $pid; read _unused; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null";
-
 /// A standalone `redis-server` on a free loopback port.
 #[derive(Debug)]
 pub struct RedisServer {
@@ -40,34 +40,6 @@ pub struct RedisServer {
     extra_args: Vec<String>,
     process: Option<Guarded>,
     _tmp: Option<tempfile::TempDir>,
-}
-
-/// A running server and its guard shell.
-#[derive(Debug)]
-struct Guarded {
-    guard: Child,
-    /// Held open so that the guard keeps the server alive; dropping it stops both.
-    stdin: Option<ChildStdin>,
-    pid: u32,
-}
-
-impl Guarded {
-    fn kill(mut self) {
-        if let Some(pid) = Pid::from_raw(self.pid as i32) {
-            // A stopped process must be continued to die promptly of SIGKILL
-            // on some kernels; it is harmless otherwise.
-            let _ = kill_process(pid, Signal::KILL);
-            let _ = kill_process(pid, Signal::CONT);
-        }
-        drop(self.stdin.take());
-        let _ = self.guard.wait();
-        // The guard reaps the server; wait until the port is released so that
-        // a restart on the same port does not race the old process.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while crate::stack::process_alive(self.pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
 }
 
 impl RedisServer {
@@ -137,27 +109,9 @@ impl RedisServer {
         .map(|s| s.to_string())
         .collect();
         args.extend(self.extra_args.iter().cloned());
-        let mut guard = Command::new("sh")
-            .arg("-c")
-            .arg(GUARD)
-            .arg("sh")
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("spawn sh for redis-server: {e}"))?;
-        let stdout = guard.stdout.take().ok_or("no stdout of the guard")?;
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .map_err(|e| format!("read redis-server pid: {e}"))?;
-        let pid: u32 = line
-            .trim()
-            .parse()
-            .map_err(|_| format!("the guard printed no pid: {line:?}"))?;
-        let stdin = guard.stdin.take();
-        self.process = Some(Guarded { guard, stdin, pid });
+        let guarded = Guarded::spawn("redis-server", &args)?;
+        let pid = guarded.pid;
+        self.process = Some(guarded);
 
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
