@@ -17,7 +17,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use crate::conn::{Connections, Sender};
+use crate::codec::{BodyState, ParseError, Step};
+use crate::conn::{Connections, UpstreamConn};
 use crate::endpoint::InFlight;
 
 /// A request body on its way upstream.
@@ -66,9 +67,15 @@ impl Body for RequestBody {
 /// Why a response body stopped early.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ResponseBodyError {
-    /// The upstream connection failed mid-body.
+    /// Reading from the upstream connection failed mid-body.
     #[error("upstream body: {0}")]
-    Upstream(#[from] hyper::Error),
+    Upstream(#[from] std::io::Error),
+    /// The upstream closed the connection before the body's end.
+    #[error("upstream body: the connection closed before the body's end")]
+    Incomplete,
+    /// The body broke its framing (a bad chunk).
+    #[error("upstream body: {0}")]
+    Malformed(#[from] ParseError),
     /// The pool's total timeout ran out while the body was streaming.
     #[error("the upstream exchange exceeded the pool's total timeout")]
     TotalTimeout,
@@ -79,7 +86,8 @@ pub(crate) enum ResponseBodyError {
 pub(crate) enum ResponseBody {
     /// Streamed from an upstream.
     Upstream(UpstreamBody),
-    /// Made by the gateway.
+    /// Made by the gateway, or an upstream's body that arrived whole with
+    /// its head (its connection is back in the pool already).
     Local(Full<Bytes>),
 }
 
@@ -125,17 +133,29 @@ impl Body for ResponseBody {
 pub(crate) struct Release {
     pub(crate) connections: Rc<Connections>,
     pub(crate) endpoint: u64,
-    pub(crate) sender: Sender,
     pub(crate) max_idle: usize,
     pub(crate) idle_timeout: std::time::Duration,
 }
 
-/// An upstream's response body: streams through, returns the connection to
-/// the pool at its end, holds the request's in-flight count until then, and
-/// cuts the response off at the pool's total timeout.
+impl Release {
+    /// Hands `conn` back to the worker's pool.
+    pub(crate) fn put(self, conn: UpstreamConn) {
+        self.connections
+            .put(self.endpoint, conn, self.max_idle, self.idle_timeout);
+    }
+}
+
+/// An upstream's response body: read from its connection as the client
+/// takes it, framed by length, chunks or the connection's end; returns the
+/// connection to the pool at its end (if the response allows reuse), holds
+/// the request's in-flight count until then, and cuts the response off at
+/// the pool's total timeout.
 #[derive(Debug)]
 pub(crate) struct UpstreamBody {
-    inner: Incoming,
+    /// `None` once the body ended (or failed).
+    conn: Option<UpstreamConn>,
+    state: BodyState,
+    /// `None` if the connection must not be reused.
     release: Option<Release>,
     in_flight: Option<InFlight>,
     deadline: Instant,
@@ -146,19 +166,21 @@ pub(crate) struct UpstreamBody {
 
 impl UpstreamBody {
     pub(crate) fn new(
-        inner: Incoming,
-        release: Release,
+        conn: UpstreamConn,
+        state: BodyState,
+        release: Option<Release>,
         in_flight: InFlight,
         deadline: Instant,
     ) -> Self {
         let mut body = Self {
-            inner,
-            release: Some(release),
+            conn: Some(conn),
+            state,
+            release,
             in_flight: Some(in_flight),
             deadline,
             timer: None,
         };
-        if body.inner.is_end_stream() {
+        if body.state.is_done() {
             body.finish();
         }
         body
@@ -167,14 +189,21 @@ impl UpstreamBody {
     /// The body is complete: the connection may serve another request.
     fn finish(&mut self) {
         self.in_flight = None;
-        if let Some(release) = self.release.take() {
-            release.connections.put(
-                release.endpoint,
-                release.sender,
-                release.max_idle,
-                release.idle_timeout,
-            );
+        let conn = self.conn.take();
+        if let (Some(conn), Some(release)) = (conn, self.release.take()) {
+            release.put(conn);
         }
+    }
+
+    /// The body broke off: its connection is closed, never pooled.
+    fn fail(
+        &mut self,
+        error: ResponseBodyError,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        self.conn = None;
+        self.release = None;
+        self.in_flight = None;
+        Poll::Ready(Some(Err(error)))
     }
 }
 
@@ -187,51 +216,57 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(None) => {
-                this.finish();
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                if this.inner.is_end_stream() {
-                    this.finish();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.state.step(&mut conn.buf) {
+                Ok(Step::Data(data)) => {
+                    if this.state.is_done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Ok(Step::Done) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => {}
+                Err(error) => return this.fail(error.into()),
             }
-            Poll::Ready(Some(Err(error))) => {
-                // A broken connection is dropped, not pooled.
-                this.release = None;
-                this.in_flight = None;
-                Poll::Ready(Some(Err(error.into())))
-            }
-            Poll::Pending => {
-                let deadline = tokio::time::Instant::from_std(this.deadline);
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                ready!(timer.as_mut().poll(cx));
-                this.release = None;
-                this.in_flight = None;
-                Poll::Ready(Some(Err(ResponseBodyError::TotalTimeout)))
+            match conn.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => {
+                    if this.state != BodyState::Close {
+                        return this.fail(ResponseBodyError::Incomplete);
+                    }
+                    // The end of a body delimited by the connection's end.
+                    this.state = BodyState::Done;
+                    this.release = None;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => return this.fail(error.into()),
+                Poll::Pending => {
+                    let deadline = tokio::time::Instant::from_std(this.deadline);
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    ready!(timer.as_mut().poll(cx));
+                    return this.fail(ResponseBodyError::TotalTimeout);
+                }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.conn.is_none() || self.state.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        // Dropped after its last frame without being polled to the end (hyper
-        // stops once the length is reached): the connection is still clean.
-        if self.release.is_some() && self.inner.is_end_stream() {
-            self.finish();
+        match self.state.exact_left() {
+            Some(left) => SizeHint::with_exact(left),
+            None => SizeHint::default(),
         }
     }
 }

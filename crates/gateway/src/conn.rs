@@ -1,12 +1,15 @@
-//! Upstream connections of one worker thread: opening them, and keeping the
-//! idle ones for reuse.
+//! Upstream connections of one worker thread: opening them, one request and
+//! response head at a time on each, and keeping the idle ones for reuse.
 //!
 //! Each worker has its own pool, so taking and returning a connection is a
-//! `Vec` push and pop without locks or cross-thread wake-ups, and a
-//! connection's task runs on the thread that uses it. Connections are
-//! hyper's connection-level HTTP/1.1 client: the request goes out exactly as
-//! the proxy built it (origin-form target, the client's `Host`), with no URI
-//! rebuilt and no generic pool in between.
+//! `Vec` push and pop without locks or cross-thread wake-ups. A connection
+//! is driven by the task of the request using it: the request head is
+//! encoded from the proxy's parts straight into the connection's buffer
+//! (origin-form target, the client's `Host`) and written in one go, and the
+//! response head is parsed by that same task (see [`crate::codec`]), so no
+//! connection task, channel or second wake-up sits between a request and
+//! its upstream. The response body is read by [`crate::body::UpstreamBody`],
+//! which hands the connection back when the body ends.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -14,17 +17,33 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use bytes::BytesMut;
+use http::Method;
+use http::request::Parts;
+use http_body_util::BodyExt;
+use hyper::body::Body;
+use metrics::Gauge;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
+use crate::codec::{self, ParseError, RequestFraming, ResponseHead};
 use crate::endpoint::Endpoint;
 
-/// The sending half of one upstream connection.
-pub(crate) type Sender = http1::SendRequest<RequestBody>;
+/// Bytes reserved for each read from an upstream.
+const READ_SIZE: usize = 16 * 1024;
+
+/// A read is made only with at least this much room in the buffer.
+const MIN_READ_ROOM: usize = 2048;
+
+/// Buffered request bodies up to this size go out in the same write as the head.
+const INLINE_BODY: usize = 16 * 1024;
+
+/// A request scratch buffer that grew past this is not kept between requests.
+const MAX_KEPT_SCRATCH: usize = 16 * 1024;
 
 /// Why no connection could be opened.
 #[derive(Debug, thiserror::Error)]
@@ -35,14 +54,192 @@ pub(crate) enum ConnectError {
     /// The TCP connect took longer than the pool's `connect_timeout`.
     #[error("connect timed out")]
     Timeout,
-    /// The HTTP/1.1 handshake failed.
-    #[error("handshake: {0}")]
-    Handshake(#[from] hyper::Error),
+}
+
+/// Why one request/response-head exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ExchangeError {
+    /// Writing the request failed.
+    #[error("write: {0}")]
+    Write(#[source] io::Error),
+    /// Reading the response failed.
+    #[error("read: {0}")]
+    Read(#[source] io::Error),
+    /// The upstream closed the connection before a whole response head.
+    #[error("the upstream closed the connection before answering")]
+    Closed,
+    /// The response head broke the protocol.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// The client's body, streamed through, failed.
+    #[error("request body: {0}")]
+    Body(#[source] hyper::Error),
+}
+
+/// One open connection to an endpoint.
+#[derive(Debug)]
+pub(crate) struct UpstreamConn {
+    stream: TcpStream,
+    /// Bytes read and not consumed yet: a response head, then its body.
+    pub(crate) buf: BytesMut,
+    /// The request being written.
+    scratch: Vec<u8>,
+    /// Whether any byte of the current response has arrived.
+    answered: bool,
+    /// The endpoint's open-connections gauge, decremented on drop.
+    gauge: Gauge,
+}
+
+impl Drop for UpstreamConn {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
+    }
+}
+
+impl UpstreamConn {
+    /// Reads what the socket has into the buffer. `Ready(Ok(0))` is the
+    /// upstream closing the connection.
+    pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < MIN_READ_ROOM {
+            self.buf.reserve(READ_SIZE);
+        }
+        // Through `AsyncRead`, so that a short read clears the socket's
+        // readiness and the next read waits for epoll instead of trying a
+        // read that would only say "would block".
+        let read =
+            tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.stream), cx, &mut self.buf);
+        if let Poll::Ready(Ok(n)) = read
+            && n > 0
+        {
+            self.answered = true;
+        }
+        read
+    }
+
+    /// Whether an idle connection can no longer carry a request: the
+    /// upstream closed it, or sent something nobody asked for. Costs no
+    /// system call unless the socket became readable while it was idle.
+    fn is_stale(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        !matches!(self.poll_fill(&mut cx), Poll::Pending) || !self.buf.is_empty()
+    }
+
+    /// Whether the exchange that failed got nothing back, so that the
+    /// request may never have reached the upstream's application (a pooled
+    /// connection the upstream closed just as the request went out).
+    pub(crate) fn nothing_received(&self) -> bool {
+        !self.answered
+    }
+
+    /// Sends a request and reads its response head. The head's bytes leave
+    /// the buffer; what follows them is the start of the body.
+    pub(crate) async fn exchange(
+        &mut self,
+        parts: &Parts,
+        body: RequestBody,
+        default_host: &str,
+    ) -> Result<ResponseHead, ExchangeError> {
+        self.answered = false;
+        self.send(parts, body, default_host).await?;
+        self.read_head(&parts.method).await
+    }
+
+    async fn send(
+        &mut self,
+        parts: &Parts,
+        body: RequestBody,
+        default_host: &str,
+    ) -> Result<(), ExchangeError> {
+        let framing = match &body {
+            RequestBody::Empty | RequestBody::Full(None) => RequestFraming::Empty,
+            RequestBody::Full(Some(bytes)) => RequestFraming::Length(bytes.len() as u64),
+            RequestBody::Stream(incoming) => match incoming.size_hint().exact() {
+                Some(len) => RequestFraming::Length(len),
+                None => RequestFraming::Chunked,
+            },
+        };
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        self.scratch.clear();
+        codec::encode_request_head(
+            &mut self.scratch,
+            &parts.method,
+            target,
+            &parts.headers,
+            default_host,
+            framing,
+        );
+        match body {
+            RequestBody::Full(Some(bytes)) if bytes.len() > INLINE_BODY => {
+                self.write_scratch().await?;
+                self.stream
+                    .write_all(&bytes)
+                    .await
+                    .map_err(ExchangeError::Write)?;
+            }
+            RequestBody::Full(Some(bytes)) => {
+                self.scratch.extend_from_slice(&bytes);
+                self.write_scratch().await?;
+            }
+            RequestBody::Empty | RequestBody::Full(None) => self.write_scratch().await?,
+            RequestBody::Stream(mut incoming) => {
+                self.write_scratch().await?;
+                let chunked = framing == RequestFraming::Chunked;
+                while let Some(frame) = incoming.frame().await {
+                    let frame = frame.map_err(ExchangeError::Body)?;
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers are not forwarded
+                    };
+                    if chunked {
+                        self.scratch.clear();
+                        codec::encode_chunk(&mut self.scratch, &data);
+                        self.write_scratch().await?;
+                    } else {
+                        self.stream
+                            .write_all(&data)
+                            .await
+                            .map_err(ExchangeError::Write)?;
+                    }
+                }
+                if chunked {
+                    self.stream
+                        .write_all(codec::LAST_CHUNK)
+                        .await
+                        .map_err(ExchangeError::Write)?;
+                }
+            }
+        }
+        if self.scratch.capacity() > MAX_KEPT_SCRATCH {
+            self.scratch = Vec::new();
+        }
+        Ok(())
+    }
+
+    async fn write_scratch(&mut self) -> Result<(), ExchangeError> {
+        self.stream
+            .write_all(&self.scratch)
+            .await
+            .map_err(ExchangeError::Write)
+    }
+
+    async fn read_head(&mut self, method: &Method) -> Result<ResponseHead, ExchangeError> {
+        loop {
+            let read = std::future::poll_fn(|cx| self.poll_fill(cx)).await;
+            match read {
+                Ok(0) => return Err(ExchangeError::Closed),
+                Ok(_) => {
+                    if let Some(head) = codec::parse_response_head(&mut self.buf, method)? {
+                        return Ok(head);
+                    }
+                }
+                Err(error) => return Err(ExchangeError::Read(error)),
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Idle {
-    sender: Sender,
+    conn: UpstreamConn,
     expires: Instant,
 }
 
@@ -75,7 +272,7 @@ impl Hasher for IdHasher {
 }
 
 impl Connections {
-    /// A connection to `endpoint` that is ready for a request: the most
+    /// A connection to `endpoint`, and whether it was reused: the most
     /// recently used idle one (its socket is likeliest to be warm), else a
     /// new one. Idle connections found closed or expired (at `now`) are dropped.
     pub(crate) async fn get(
@@ -83,46 +280,43 @@ impl Connections {
         endpoint: &Arc<Endpoint>,
         connect_timeout: Duration,
         now: Instant,
-    ) -> Result<(Sender, bool), ConnectError> {
-        while let Some(mut sender) = self.take(endpoint.id, now) {
-            // Ready at once unless the previous response's end has not been
-            // processed by the connection task yet, which is a short wait.
-            if sender.ready().await.is_ok() {
-                return Ok((sender, true));
-            }
+    ) -> Result<(UpstreamConn, bool), ConnectError> {
+        if let Some(conn) = self.take(endpoint.id, now) {
+            return Ok((conn, true));
         }
         connect(endpoint, connect_timeout)
             .await
-            .map(|sender| (sender, false))
+            .map(|conn| (conn, false))
     }
 
-    fn take(&self, endpoint: u64, now: Instant) -> Option<Sender> {
+    fn take(&self, endpoint: u64, now: Instant) -> Option<UpstreamConn> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&endpoint)?;
-        while let Some(conn) = list.pop() {
-            if conn.expires > now && !conn.sender.is_closed() {
-                return Some(conn.sender);
+        while let Some(mut idle) = list.pop() {
+            if idle.expires > now && !idle.conn.is_stale() {
+                return Some(idle.conn);
             }
         }
         None
     }
 
-    /// Keeps `sender` for reuse, unless `max_idle` are kept already.
+    /// Keeps `conn` for reuse, unless `max_idle` are kept already.
     pub(crate) fn put(
         &self,
         endpoint: u64,
-        sender: Sender,
+        conn: UpstreamConn,
         max_idle: usize,
         idle_timeout: Duration,
     ) {
-        if sender.is_closed() {
+        if !conn.buf.is_empty() {
+            // Bytes after the response: the upstream does not follow the protocol.
             return;
         }
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(endpoint).or_default();
         if list.len() < max_idle {
             list.push(Idle {
-                sender,
+                conn,
                 expires: Instant::now() + idle_timeout,
             });
         }
@@ -136,14 +330,17 @@ impl Connections {
             if !keep(*endpoint) {
                 return false;
             }
-            list.retain(|c| c.expires > now && !c.sender.is_closed());
+            list.retain_mut(|c| c.expires > now && !c.conn.is_stale());
             !list.is_empty()
         });
     }
 }
 
-/// Opens a connection to `endpoint` and starts its task on this thread.
-async fn connect(endpoint: &Arc<Endpoint>, timeout: Duration) -> Result<Sender, ConnectError> {
+/// Opens a connection to `endpoint`.
+async fn connect(
+    endpoint: &Arc<Endpoint>,
+    timeout: Duration,
+) -> Result<UpstreamConn, ConnectError> {
     let target = endpoint.authority.as_str();
     let connecting = async {
         // An IP address needs no resolver (which would hop to the blocking pool).
@@ -157,15 +354,11 @@ async fn connect(endpoint: &Arc<Endpoint>, timeout: Duration) -> Result<Sender, 
         .map_err(|_| ConnectError::Timeout)??;
     // Requests are written in one go; Nagle would only delay them.
     stream.set_nodelay(true)?;
-    let (sender, connection) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await?;
-    let gauge = endpoint.metrics.connection_opened();
-    tokio::task::spawn_local(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "upstream connection ended with an error");
-        }
-        gauge.decrement(1.0);
-    });
-    Ok(sender)
+    Ok(UpstreamConn {
+        stream,
+        buf: BytesMut::new(),
+        scratch: Vec::new(),
+        answered: false,
+        gauge: endpoint.metrics.connection_opened(),
+    })
 }

@@ -24,7 +24,7 @@
 //! headers, asks the pool's balancer (`balance`) for an endpoint that is
 //! healthy, not drained, not ejected and whose breaker allows it (`endpoint`),
 //! and sends the request on one of the worker's own pooled connections
-//! (`conn`). Failures that are safe to retry go to another endpoint; the
+//! (`conn`), speaking HTTP/1.1 to the upstream itself (`codec`). Failures that are safe to retry go to another endpoint; the
 //! response streams back (`body`), and its connection returns to the pool
 //! when the body ends. `health` probes every endpoint in the background;
 //! `control` swaps in new tables on reload; `admin` serves the admin port.
@@ -42,6 +42,7 @@ mod admin;
 mod balance;
 mod body;
 mod clock;
+mod codec;
 mod conn;
 mod control;
 mod endpoint;

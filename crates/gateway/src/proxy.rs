@@ -20,9 +20,8 @@ use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
-use hyper::client::conn::TrySendError;
 use scalestack_config::{Algorithm, RequestKey};
 use scalestack_resilience::{Decision, RateLimitStore};
 use scalestack_telemetry::health::{Check, Status};
@@ -30,10 +29,11 @@ use tokio::time::Sleep;
 
 use crate::body::{Release, RequestBody, ResponseBody, UpstreamBody};
 use crate::clock;
-use crate::conn::Connections;
+use crate::codec::{BodyState, ResponseHead, Step};
+use crate::conn::{Connections, ExchangeError, UpstreamConn};
 use crate::error::{Reject, UpstreamErrorKind};
 use crate::guard::GuardShared;
-use crate::headers::{prepare_request, strip_hop_by_hop};
+use crate::headers::prepare_request;
 use crate::server::Shared;
 use crate::table::{Pool, Route, Table, key_of};
 
@@ -157,13 +157,16 @@ impl Client {
         drop(self.first_byte.take());
     }
 
-    /// Sends `request` on `sender`; `None` if no response head came by `deadline`.
-    async fn send_within(
+    /// Sends the request on `conn` and reads the response head; `None` if
+    /// no head came by `deadline`.
+    async fn exchange_within(
         &self,
-        sender: &mut crate::conn::Sender,
-        request: Request<RequestBody>,
+        conn: &mut UpstreamConn,
+        parts: &http::request::Parts,
+        body: RequestBody,
+        default_host: &str,
         deadline: Instant,
-    ) -> Option<Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> {
+    ) -> Option<Result<ResponseHead, ExchangeError>> {
         let deadline = tokio::time::Instant::from_std(deadline);
         let mut timer = match self.first_byte.take() {
             Some(mut timer) => {
@@ -172,16 +175,16 @@ impl Client {
             }
             None => Box::pin(tokio::time::sleep_until(deadline)),
         };
-        let mut sending = std::pin::pin!(sender.try_send_request(request));
-        let sent = std::future::poll_fn(|cx| {
-            if let Poll::Ready(sent) = sending.as_mut().poll(cx) {
-                return Poll::Ready(Some(sent));
+        let mut exchange = std::pin::pin!(conn.exchange(parts, body, default_host));
+        let done = std::future::poll_fn(|cx| {
+            if let Poll::Ready(done) = exchange.as_mut().poll(cx) {
+                return Poll::Ready(Some(done));
             }
             timer.as_mut().poll(cx).map(|()| None)
         })
         .await;
         self.first_byte.set(Some(timer));
-        sent
+        done
     }
 
     /// Answers one client request.
@@ -425,16 +428,15 @@ impl Client {
         let replayable_method =
             parts.method.is_idempotent() || parts.headers.contains_key(&IDEMPOTENCY_KEY);
         let retries_enabled = pool.retry.attempts > 0;
-        // A copy of the head is needed only if the request might be sent
-        // again after it went out, which takes another endpoint to send it to.
+        // The head stays here for every attempt; a body can go out again
+        // unless it was streamed through.
         let replayable = replayable_method && !matches!(body, Prepared::Stream(_));
-        let copy =
-            (retries_enabled && replayable && pool.endpoints.len() > 1).then(|| Head::of(&parts));
+        // A retry also takes another endpoint to send it to.
+        let may_retry = retries_enabled && replayable && pool.endpoints.len() > 1;
         if retries_enabled {
             pool.retry.budget.deposit();
         }
-        let mut next: Option<Request<RequestBody>> =
-            Some(Request::from_parts(parts, body.take_first()));
+        let mut next: Option<RequestBody> = Some(body.take_first());
         let mut tried: Vec<usize> = Vec::new();
         let mut attempts: u32 = 0;
         let mut unsent: u32 = 0;
@@ -445,19 +447,18 @@ impl Client {
         loop {
             if attempts > 0 && next.is_none() {
                 // This would be a retry: is one allowed?
-                if attempts > pool.retry.attempts {
+                if attempts > pool.retry.attempts || !may_retry {
                     break;
                 }
                 if !pool.retry.budget.try_withdraw() {
                     pool.metrics.budget_exhausted();
                     break;
                 }
-                let Some(head) = &copy else { break };
                 let delay = pool.retry.backoff.delay_random(attempts - 1);
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                next = Some(head.request(body.again()));
+                next = Some(body.again());
             }
             let attempt_start = first_start.take().unwrap_or_else(Instant::now);
             let now = clock::at(attempt_start);
@@ -470,12 +471,14 @@ impl Client {
                 tried.push(index);
                 continue;
             };
-            let Some(request) = next.take() else { break };
+            let Some(request_body) = next.take() else {
+                break;
+            };
             if attempts > 0 && last.is_some() {
                 pool.metrics.retry();
             }
             let in_flight = endpoint.start_request();
-            let (mut sender, _reused) = match self
+            let (mut conn, reused) = match self
                 .worker
                 .connections
                 .get(endpoint, pool.connect_timeout, attempt_start)
@@ -496,17 +499,23 @@ impl Client {
                     // The request never left, so it goes to the next endpoint
                     // at once, without backoff or budget: each endpoint is
                     // tried at most once, which bounds this.
-                    next = Some(request);
+                    next = Some(request_body);
                     continue;
                 }
             };
             let timeout = pool.first_byte_timeout.min(pool.total_timeout);
-            let sent = self
-                .send_within(&mut sender, request, attempt_start + timeout)
+            let exchanged = self
+                .exchange_within(
+                    &mut conn,
+                    &parts,
+                    request_body,
+                    endpoint.authority.as_str(),
+                    attempt_start + timeout,
+                )
                 .await;
-            let kind = match sent {
-                Some(Ok(response)) => {
-                    let status = response.status().as_u16();
+            let kind = match exchanged {
+                Some(Ok(head)) => {
+                    let status = head.status.as_u16();
                     let answered = Instant::now();
                     let answered_ns = clock::at(answered);
                     endpoint.observe_rtt(
@@ -525,8 +534,7 @@ impl Client {
                         }
                         pool.record_success(index, answered_ns);
                     }
-                    let response =
-                        self.wrap(pool, endpoint, response, sender, in_flight, attempt_start);
+                    let response = self.wrap(pool, endpoint, head, conn, in_flight, attempt_start);
                     if !pool.retry.retries_status(status) || !replayable {
                         return Outcome {
                             response,
@@ -540,21 +548,23 @@ impl Client {
                     kept = Some((index, response));
                     UpstreamErrorKind::Status
                 }
-                Some(Err(mut error)) => {
-                    if let Some(request) = error.take_message() {
-                        // The pooled connection closed before the request was
-                        // written: send it again, it never left.
-                        drop(permit);
-                        unsent += 1;
-                        endpoint.metrics.upstream_error(UpstreamErrorKind::Unsent);
-                        if unsent > MAX_UNSENT {
-                            last = Some((index, UpstreamErrorKind::Unsent));
-                            break;
-                        }
-                        next = Some(request);
-                        continue;
+                Some(Err(error)) if reused && replayable && conn.nothing_received() => {
+                    // A pooled connection the upstream closed as the request
+                    // went out (its idle timeout): nothing came back, so the
+                    // request goes again on a fresh connection; not an attempt.
+                    tracing::debug!(endpoint = %endpoint.name, error = %crate::error::chain(&error), "pooled upstream connection was closed; sending again");
+                    drop(permit);
+                    unsent += 1;
+                    endpoint.metrics.upstream_error(UpstreamErrorKind::Unsent);
+                    if unsent > MAX_UNSENT {
+                        last = Some((index, UpstreamErrorKind::Unsent));
+                        break;
                     }
-                    let error = error.into_error();
+                    next = Some(body.again());
+                    first_start = Some(attempt_start);
+                    continue;
+                }
+                Some(Err(error)) => {
                     tracing::debug!(endpoint = %endpoint.name, error = %crate::error::chain(&error), "upstream request failed");
                     if let Some(p) = permit {
                         p.failure();
@@ -615,27 +625,50 @@ impl Client {
         }
     }
 
-    /// The client's response around an upstream's.
+    /// The client's response around an upstream's head; its body is read
+    /// from `conn` as the client takes it.
     fn wrap(
         &self,
         pool: &Pool,
         endpoint: &crate::endpoint::Endpoint,
-        response: Response<Incoming>,
-        sender: crate::conn::Sender,
+        head: ResponseHead,
+        mut conn: UpstreamConn,
         in_flight: crate::endpoint::InFlight,
         attempt_start: Instant,
     ) -> Response<ResponseBody> {
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        let release = Release {
+        let release = head.reusable.then(|| Release {
             connections: Rc::clone(&self.worker.connections),
             endpoint: endpoint.id,
-            sender,
             max_idle: pool.max_idle,
             idle_timeout: pool.idle_timeout,
+        });
+        let mut state = BodyState::new(head.framing);
+        // A body that came whole with its head (most small responses) is
+        // taken at once, and the connection goes straight back to the pool.
+        let body = match state.exact_left() {
+            Some(left) if left <= conn.buf.len() as u64 => {
+                let data = match state.step(&mut conn.buf) {
+                    Ok(Step::Data(data)) => data,
+                    _ => Bytes::new(),
+                };
+                drop(in_flight);
+                if let Some(release) = release {
+                    release.put(conn);
+                }
+                ResponseBody::Local(Full::new(data))
+            }
+            _ => ResponseBody::Upstream(UpstreamBody::new(
+                conn,
+                state,
+                release,
+                in_flight,
+                attempt_start + pool.total_timeout,
+            )),
         };
-        let body = UpstreamBody::new(body, release, in_flight, attempt_start + pool.total_timeout);
-        Response::from_parts(parts, ResponseBody::Upstream(body))
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        *response.headers_mut() = head.headers;
+        response
     }
 }
 
@@ -653,8 +686,8 @@ enum Prepared {
 
 impl Prepared {
     /// The body of the first attempt. A streamed body moves into it: it is
-    /// never replayed after it went out (if it did not go out, hyper hands
-    /// the request back whole).
+    /// never replayed once it went out (a connect failure hands it back
+    /// unread, for the next endpoint).
     fn take_first(&mut self) -> RequestBody {
         match self {
             Prepared::Empty => RequestBody::Empty,
@@ -675,32 +708,6 @@ impl Prepared {
     }
 }
 
-/// A copy of a request head, for replays.
-struct Head {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-}
-
-impl Head {
-    fn of(parts: &http::request::Parts) -> Self {
-        Self {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            headers: parts.headers.clone(),
-        }
-    }
-
-    fn request(&self, body: RequestBody) -> Request<RequestBody> {
-        let mut request = Request::new(body);
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.headers_mut() = self.headers.clone();
-        request
-    }
-}
-
-/// Reads a body the client sends, up to `limit` bytes (else 413).
 async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, Reject> {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     match Limited::new(body, limit).collect().await {

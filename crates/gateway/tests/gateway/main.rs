@@ -14,3 +14,4 @@ mod routing;
 mod shutdown;
 mod startup;
 mod support;
+mod wire;
