@@ -39,15 +39,26 @@ pub(crate) enum RequestFraming {
     Chunked,
 }
 
+/// Who the request came from, for the forwarding headers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin<'a> {
+    /// The endpoint's `host:port`, sent as `Host` if the client sent none.
+    pub(crate) default_host: &'a str,
+    /// The client's address, appended to `X-Forwarded-For`.
+    pub(crate) client_ip: &'a [u8],
+}
+
 /// Writes a request head to `out`: the request line with `target` in origin
 /// form, the headers as the proxy prepared them, `Host` if the client sent
-/// none, and the framing header the body needs if the headers lack it.
+/// none, the forwarding headers (the client's address appended to any
+/// `X-Forwarded-For` chain it sent; `X-Forwarded-Proto: http`), and the
+/// framing header the body needs if the headers lack it.
 pub(crate) fn encode_request_head(
     out: &mut Vec<u8>,
     method: &Method,
     target: &str,
     headers: &HeaderMap,
-    default_host: &str,
+    origin: Origin<'_>,
     framing: RequestFraming,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
@@ -56,6 +67,7 @@ pub(crate) fn encode_request_head(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut host = false;
     let mut length = false;
+    let mut chain: Option<Vec<u8>> = None;
     for (name, value) in headers {
         match name.as_str() {
             "host" => host = true,
@@ -66,6 +78,15 @@ pub(crate) fn encode_request_head(
                 }
                 length = true;
             }
+            "x-forwarded-for" => {
+                // Rare (another proxy in front): the lines join in order.
+                let chain = chain.get_or_insert_with(Vec::new);
+                chain.extend_from_slice(value.as_bytes());
+                chain.extend_from_slice(b", ");
+                continue;
+            }
+            // The gateway is the edge: it says what the client spoke.
+            "x-forwarded-proto" => continue,
             _ => {}
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -75,9 +96,15 @@ pub(crate) fn encode_request_head(
     }
     if !host {
         out.extend_from_slice(b"host: ");
-        out.extend_from_slice(default_host.as_bytes());
+        out.extend_from_slice(origin.default_host.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(chain) = chain {
+        out.extend_from_slice(&chain);
+    }
+    out.extend_from_slice(origin.client_ip);
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     match framing {
         RequestFraming::Empty => {
             // Methods that usually carry a body say that this one has none,
@@ -492,24 +519,29 @@ mod tests {
             );
         }
         let mut out = Vec::new();
-        encode_request_head(&mut out, method, "/a?b=1", &map, "10.0.0.1:80", framing);
+        let origin = Origin {
+            default_host: "10.0.0.1:80",
+            client_ip: b"192.0.2.9",
+        };
+        encode_request_head(&mut out, method, "/a?b=1", &map, origin, framing);
         String::from_utf8(out).unwrap()
     }
 
     #[test]
-    fn request_heads_carry_host_and_the_framing_the_body_needs() {
+    fn request_heads_carry_host_forwarding_and_the_framing_the_body_needs() {
+        const FWD: &str = "x-forwarded-for: 192.0.2.9\r\nx-forwarded-proto: http\r\n";
         assert_eq!(
             encode(
                 &Method::GET,
                 &[("host", "example.com")],
                 RequestFraming::Empty
             ),
-            "GET /a?b=1 HTTP/1.1\r\nhost: example.com\r\n\r\n"
+            format!("GET /a?b=1 HTTP/1.1\r\nhost: example.com\r\n{FWD}\r\n")
         );
         // An HTTP/1.0 client may send no Host: the endpoint's address stands in.
         assert_eq!(
             encode(&Method::POST, &[], RequestFraming::Empty),
-            "POST /a?b=1 HTTP/1.1\r\nhost: 10.0.0.1:80\r\ncontent-length: 0\r\n\r\n"
+            format!("POST /a?b=1 HTTP/1.1\r\nhost: 10.0.0.1:80\r\n{FWD}content-length: 0\r\n\r\n")
         );
         assert_eq!(
             encode(
@@ -517,11 +549,11 @@ mod tests {
                 &[("host", "h"), ("content-length", "5")],
                 RequestFraming::Length(5)
             ),
-            "PUT /a?b=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 5\r\n\r\n"
+            format!("PUT /a?b=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 5\r\n{FWD}\r\n")
         );
         assert_eq!(
             encode(&Method::PUT, &[("host", "h")], RequestFraming::Length(7)),
-            "PUT /a?b=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 7\r\n\r\n"
+            format!("PUT /a?b=1 HTTP/1.1\r\nhost: h\r\n{FWD}content-length: 7\r\n\r\n")
         );
         assert_eq!(
             encode(
@@ -529,7 +561,22 @@ mod tests {
                 &[("host", "h"), ("content-length", "9")],
                 RequestFraming::Chunked
             ),
-            "POST /a?b=1 HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n"
+            format!("POST /a?b=1 HTTP/1.1\r\nhost: h\r\n{FWD}transfer-encoding: chunked\r\n\r\n")
+        );
+        // A chain from proxies in front is kept, in order, with the client
+        // appended; a client's claim about the scheme is replaced.
+        assert_eq!(
+            encode(
+                &Method::GET,
+                &[
+                    ("host", "h"),
+                    ("x-forwarded-for", "203.0.113.7"),
+                    ("x-forwarded-proto", "https"),
+                    ("x-forwarded-for", "198.51.100.1, 192.0.2.3"),
+                ],
+                RequestFraming::Empty
+            ),
+            "GET /a?b=1 HTTP/1.1\r\nhost: h\r\nx-forwarded-for: 203.0.113.7, 198.51.100.1, 192.0.2.3, 192.0.2.9\r\nx-forwarded-proto: http\r\n\r\n"
         );
         let mut out = Vec::new();
         encode_chunk(&mut out, b"hello world, this is 26 b!");

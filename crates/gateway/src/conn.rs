@@ -30,7 +30,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
-use crate::codec::{self, ParseError, RequestFraming, ResponseHead};
+use crate::codec::{self, Origin, ParseError, RequestFraming, ResponseHead};
 use crate::endpoint::Endpoint;
 
 /// Bytes reserved for each read from an upstream.
@@ -137,10 +137,10 @@ impl UpstreamConn {
         &mut self,
         parts: &Parts,
         body: RequestBody,
-        default_host: &str,
+        origin: Origin<'_>,
     ) -> Result<ResponseHead, ExchangeError> {
         self.answered = false;
-        self.send(parts, body, default_host).await?;
+        self.send(parts, body, origin).await?;
         self.read_head(&parts.method).await
     }
 
@@ -148,7 +148,7 @@ impl UpstreamConn {
         &mut self,
         parts: &Parts,
         body: RequestBody,
-        default_host: &str,
+        origin: Origin<'_>,
     ) -> Result<(), ExchangeError> {
         let framing = match &body {
             RequestBody::Empty | RequestBody::Full(None) => RequestFraming::Empty,
@@ -165,7 +165,7 @@ impl UpstreamConn {
             &parts.method,
             target,
             &parts.headers,
-            default_host,
+            origin,
             framing,
         );
         match body {

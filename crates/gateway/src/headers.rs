@@ -2,16 +2,10 @@
 //!
 //! Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection, not the
 //! message, so a proxy must drop them in both directions: `Connection` and
-//! every header it names, plus the fixed list below. The forwarding headers
-//! tell the upstream who the client was.
+//! every header it names, plus the fixed list below.
 
 use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
-
-/// `X-Forwarded-For`: the chain of client addresses.
-pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-/// `X-Forwarded-Proto`: the scheme the client used.
-pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -58,19 +52,17 @@ fn hop_index_str(name: &str) -> Option<usize> {
 
 /// Readies a request's headers for the upstream in one pass over the names:
 /// drops the hop-by-hop headers and `Expect` (the body is the gateway's to
-/// send, so the upstream must not wait for it) and sets the forwarding
-/// headers, with `client_ip` appended to any `X-Forwarded-For` chain.
+/// send, so the upstream must not wait for it). The forwarding headers are
+/// written with the head (`codec::encode_request_head`), not kept in the map.
 ///
 /// Knowing from the pass which names are there spares the lookups of the
-/// absent ones, which for these (non-standard) names means hashing them.
-pub(crate) fn prepare_request(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+/// absent ones.
+pub(crate) fn prepare_request(headers: &mut HeaderMap) {
     let mut present = 0u8;
     let mut expect = false;
-    let mut forwarded = false;
     for name in headers.keys() {
         match name.as_str() {
             "expect" => expect = true,
-            "x-forwarded-for" => forwarded = true,
             other => {
                 if let Some(i) = hop_index_str(other) {
                     present |= 1 << i;
@@ -84,13 +76,6 @@ pub(crate) fn prepare_request(headers: &mut HeaderMap, client_ip: &HeaderValue) 
     if expect {
         headers.remove(http::header::EXPECT);
     }
-    let chain = if forwarded {
-        forwarded_for(headers, client_ip)
-    } else {
-        client_ip.clone()
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), chain);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
 }
 
 /// Removes the hop-by-hop headers whose bits (positions in [`hop_by_hop`])
@@ -146,24 +131,6 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
     }
 }
 
-/// The `X-Forwarded-For` value to send upstream: the client's chain, if it
-/// sent one, with `client_ip` appended.
-pub(crate) fn forwarded_for(headers: &HeaderMap, client_ip: &HeaderValue) -> HeaderValue {
-    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    if prior.peek().is_none() {
-        return client_ip.clone();
-    }
-    let mut chain = Vec::with_capacity(64);
-    for value in prior {
-        chain.extend_from_slice(value.as_bytes());
-        chain.extend_from_slice(b", ");
-    }
-    chain.extend_from_slice(client_ip.as_bytes());
-    // Every part is a valid header value already, so this cannot fail; the
-    // fallback only keeps client input from ever causing a panic.
-    HeaderValue::from_bytes(&chain).unwrap_or_else(|_| client_ip.clone())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,21 +162,17 @@ mod tests {
             ("host", "api.example"),
             ("x-kept", "yes"),
         ]);
-        prepare_request(&mut headers, &HeaderValue::from_static("10.0.0.9"));
+        prepare_request(&mut headers);
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
-        assert_eq!(
-            left,
-            ["host", "x-forwarded-for", "x-forwarded-proto", "x-kept"]
-        );
+        assert_eq!(left, ["host", "x-kept"]);
         assert!(is_hop_by_hop("Transfer-Encoding"));
         assert!(is_hop_by_hop("KEEP-ALIVE"));
         assert!(!is_hop_by_hop("Content-Length"));
     }
 
     #[test]
-    fn requests_lose_hop_by_hop_and_expect_and_gain_forwarding_headers() {
-        let ip = HeaderValue::from_static("10.0.0.9");
+    fn requests_lose_hop_by_hop_and_expect() {
         let mut headers = map(&[
             ("connection", "x-secret"),
             ("x-secret", "1"),
@@ -217,28 +180,9 @@ mod tests {
             ("x-forwarded-for", "203.0.113.7"),
             ("host", "api.example"),
         ]);
-        prepare_request(&mut headers, &ip);
+        prepare_request(&mut headers);
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
-        assert_eq!(left, ["host", "x-forwarded-for", "x-forwarded-proto"]);
-        assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.7, 10.0.0.9");
-        assert_eq!(headers[&X_FORWARDED_PROTO], "http");
-        let mut plain = map(&[("host", "api.example")]);
-        prepare_request(&mut plain, &ip);
-        assert_eq!(plain[&X_FORWARDED_FOR], "10.0.0.9");
-    }
-
-    #[test]
-    fn forwarded_for_appends_the_client() {
-        let ip = HeaderValue::from_static("10.0.0.9");
-        assert_eq!(forwarded_for(&HeaderMap::new(), &ip), "10.0.0.9");
-        let headers = map(&[
-            ("x-forwarded-for", "203.0.113.7"),
-            ("x-forwarded-for", "198.51.100.1, 192.0.2.3"),
-        ]);
-        assert_eq!(
-            forwarded_for(&headers, &ip),
-            "203.0.113.7, 198.51.100.1, 192.0.2.3, 10.0.0.9"
-        );
+        assert_eq!(left, ["host", "x-forwarded-for"]);
     }
 }

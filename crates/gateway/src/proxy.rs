@@ -29,7 +29,7 @@ use tokio::time::Sleep;
 
 use crate::body::{Release, RequestBody, ResponseBody, UpstreamBody};
 use crate::clock;
-use crate::codec::{BodyState, ResponseHead, Step};
+use crate::codec::{BodyState, Origin, ResponseHead, Step};
 use crate::conn::{Connections, ExchangeError, UpstreamConn};
 use crate::error::{Reject, UpstreamErrorKind};
 use crate::guard::GuardShared;
@@ -164,7 +164,7 @@ impl Client {
         conn: &mut UpstreamConn,
         parts: &http::request::Parts,
         body: RequestBody,
-        default_host: &str,
+        origin: Origin<'_>,
         deadline: Instant,
     ) -> Option<Result<ResponseHead, ExchangeError>> {
         let deadline = tokio::time::Instant::from_std(deadline);
@@ -175,7 +175,7 @@ impl Client {
             }
             None => Box::pin(tokio::time::sleep_until(deadline)),
         };
-        let mut exchange = std::pin::pin!(conn.exchange(parts, body, default_host));
+        let mut exchange = std::pin::pin!(conn.exchange(parts, body, origin));
         let done = std::future::poll_fn(|cx| {
             if let Poll::Ready(done) = exchange.as_mut().poll(cx) {
                 return Poll::Ready(Some(done));
@@ -317,7 +317,7 @@ impl Client {
         // Hop-by-hop headers go, and so does `Expect`: the body is the
         // gateway's to send now (hyper answered any `100 Continue` when it was
         // read), so the upstream must not wait for it.
-        prepare_request(headers, &self.ip_header);
+        prepare_request(headers);
         if let Prepared::Buffered(bytes) = &body {
             // A chunked body was buffered and is now sent with a length.
             if !headers.contains_key(CONTENT_LENGTH) {
@@ -509,7 +509,10 @@ impl Client {
                     &mut conn,
                     &parts,
                     request_body,
-                    endpoint.authority.as_str(),
+                    Origin {
+                        default_host: endpoint.authority.as_str(),
+                        client_ip: self.ip_header.as_bytes(),
+                    },
                     attempt_start + timeout,
                 )
                 .await;
