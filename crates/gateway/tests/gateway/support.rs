@@ -618,6 +618,12 @@ impl RawReply {
 pub(crate) async fn raw(addr: SocketAddr, request: &[u8]) -> RawReply {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
+    parse_raw(&read_until_closed(&mut stream).await)
+}
+
+/// Everything `stream` receives until the other side closes it; panics if
+/// that takes longer than [`PATIENCE`].
+pub(crate) async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
     let mut received = Vec::new();
     let read = tokio::time::timeout(PATIENCE, async {
         let mut buf = [0u8; 4096];
@@ -631,8 +637,11 @@ pub(crate) async fn raw(addr: SocketAddr, request: &[u8]) -> RawReply {
         }
     })
     .await;
-    assert!(read.is_ok(), "no end of response within {PATIENCE:?}");
-    parse_raw(&received)
+    assert!(
+        read.is_ok(),
+        "the connection was still open after {PATIENCE:?}"
+    );
+    received
 }
 
 fn parse_raw(bytes: &[u8]) -> RawReply {
