@@ -33,8 +33,8 @@ use crate::body::RequestBody;
 use crate::codec::{self, Origin, ParseError, RequestFraming, ResponseHead};
 use crate::endpoint::Endpoint;
 
-/// Bytes reserved for each read from an upstream.
-const READ_SIZE: usize = 16 * 1024;
+/// Bytes reserved for each read from an upstream (hyper's default too).
+const READ_SIZE: usize = 8 * 1024;
 
 /// A read is made only with at least this much room in the buffer.
 const MIN_READ_ROOM: usize = 2048;
@@ -122,6 +122,15 @@ impl UpstreamConn {
     fn is_stale(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         !matches!(self.poll_fill(&mut cx), Poll::Pending) || !self.buf.is_empty()
+    }
+
+    /// Frees the buffers of a connection that sits idle: a pool of them
+    /// would otherwise keep a read buffer each for nothing.
+    fn release_buffers(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        self.scratch = Vec::new();
     }
 
     /// Whether the exchange that failed got nothing back, so that the
@@ -323,14 +332,21 @@ impl Connections {
     }
 
     /// Drops expired and closed connections, and every connection of an
-    /// endpoint for which `keep` is false (it left the config).
+    /// endpoint for which `keep` is false (it left the config); the others
+    /// give up their buffers until they are used again.
     pub(crate) fn sweep(&self, now: Instant, keep: impl Fn(u64) -> bool) {
         let mut idle = self.idle.borrow_mut();
         idle.retain(|endpoint, list| {
             if !keep(*endpoint) {
                 return false;
             }
-            list.retain_mut(|c| c.expires > now && !c.conn.is_stale());
+            list.retain_mut(|c| {
+                let alive = c.expires > now && !c.conn.is_stale();
+                if alive {
+                    c.conn.release_buffers();
+                }
+                alive
+            });
             !list.is_empty()
         });
     }
@@ -361,4 +377,83 @@ async fn connect(
         answered: false,
         gauge: endpoint.metrics.connection_opened(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::tests::endpoint;
+    use tokio::io::AsyncReadExt;
+
+    /// A loopback server that answers every request head with a 2-byte body
+    /// and keeps the connection open.
+    async fn answering_server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0
+                            || stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await
+                                .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn idle_connections_give_up_their_buffers_and_still_serve() {
+        let addr = answering_server().await;
+        let endpoint = endpoint(&addr.to_string(), 1);
+        let connections = Connections::default();
+        let (parts, _) = http::Request::get("/").body(()).unwrap().into_parts();
+        let origin = Origin {
+            default_host: "h",
+            client_ip: b"127.0.0.1",
+        };
+        let timeout = Duration::from_secs(5);
+        let (mut conn, reused) = connections
+            .get(&endpoint, timeout, Instant::now())
+            .await
+            .unwrap();
+        assert!(!reused);
+        let head = conn
+            .exchange(&parts, RequestBody::Empty, origin)
+            .await
+            .unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(&conn.buf[..], b"ok");
+        conn.buf.clear();
+        assert!(conn.buf.capacity() > 0 && conn.scratch.capacity() > 0);
+        connections.put(endpoint.id, conn, 8, Duration::from_secs(60));
+
+        connections.sweep(Instant::now(), |_| true);
+        {
+            let idle = connections.idle.borrow();
+            let kept = &idle[&endpoint.id][0].conn;
+            assert_eq!((kept.buf.capacity(), kept.scratch.capacity()), (0, 0));
+        }
+
+        // The same connection serves the next request, buffers regrown.
+        let (mut conn, reused) = connections
+            .get(&endpoint, timeout, Instant::now())
+            .await
+            .unwrap();
+        assert!(reused);
+        let head = conn
+            .exchange(&parts, RequestBody::Empty, origin)
+            .await
+            .unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(&conn.buf[..], b"ok");
+    }
 }
