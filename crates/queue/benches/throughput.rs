@@ -11,11 +11,16 @@
 //! - `raw async-nats + message ids`: the same with a `Nats-Msg-Id` header on
 //!   every publish, which the scalestack backend sends for duplicate
 //!   detection: it shows what that feature costs on the server;
-//! - `scalestack nats`: the JetStream backend through the worker runtime;
+//! - `scalestack nats`: the JetStream backend through the worker runtime; its
+//!   topic stream has the same (limits) retention as the raw stream, and its
+//!   CPU is measured until the backend's clean-up has deleted every settled
+//!   message (the consume rate stops, like the raw rows', at the last ack);
 //! - `scalestack embedded`: the SQLite backend through the worker runtime.
 //!
 //! Each row prints one JSON line; CPU is this process's plus, for the NATS
-//! rows, the server's (utime + stime from /proc) per message.
+//! rows, the server's (utime + stime from /proc) per message, in all and
+//! split by phase (publish, consume, clean-up), with the mean batch and the
+//! clean-up's delay after the last ack for the worker rows.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,6 +129,15 @@ struct Row {
     publish: Duration,
     consume: Duration,
     cpu: Cpu,
+    /// CPU of the publish phase alone (the rest is the consume phase's).
+    publish_cpu: Cpu,
+    /// Batches handed to the handler (worker rows only).
+    batches: Option<u64>,
+    /// Time from the last ack to the deletion of every acknowledged message
+    /// (JetStream worker rows only).
+    cleanup: Option<Duration>,
+    /// CPU until the last ack, when the row measures on after it.
+    consume_cpu: Option<Cpu>,
 }
 
 impl Row {
@@ -140,6 +154,17 @@ impl Row {
                 "cpu_us_per_msg": us(self.cpu.own + self.cpu.server),
                 "client_cpu_us_per_msg": us(self.cpu.own),
                 "server_cpu_us_per_msg": us(self.cpu.server),
+                "publish_cpu_us_per_msg": us(self.publish_cpu.own + self.publish_cpu.server),
+                "publish_server_cpu_us_per_msg": us(self.publish_cpu.server),
+                "consume_cpu_us_per_msg": us(
+                    (self.cpu.own + self.cpu.server)
+                        .saturating_sub(self.publish_cpu.own + self.publish_cpu.server)
+                ),
+                "mean_batch": self.batches.map(|b| n / b.max(1) as f64),
+                "cleanup_ms": self.cleanup.map(|d| d.as_secs_f64() * 1e3),
+                "cleanup_cpu_us_per_msg": self.consume_cpu.map(|c| us(
+                    (self.cpu.own + self.cpu.server).saturating_sub(c.own + c.server)
+                )),
             })
         );
     }
@@ -196,6 +221,7 @@ async fn raw(args: &Args, ids: bool) -> Result<Row, Error> {
         sent += n;
     }
     let publish = start.elapsed();
+    let publish_cpu = cpu(args, true) - cpu0;
     let start = Instant::now();
     let mut messages = consumer
         .stream()
@@ -226,6 +252,10 @@ async fn raw(args: &Args, ids: bool) -> Result<Row, Error> {
         publish,
         consume,
         cpu: cpu(args, true) - cpu0,
+        publish_cpu,
+        batches: None,
+        cleanup: None,
+        consume_cpu: None,
     };
     drop(messages);
     stream.info().await?;
@@ -236,6 +266,7 @@ async fn raw(args: &Args, ids: bool) -> Result<Row, Error> {
 /// Counts what it is handed, acknowledges everything and says when it has
 /// seen `target` messages.
 struct Count {
+    batches: AtomicU64,
     seen: AtomicU64,
     target: u64,
     done: tokio::sync::Notify,
@@ -243,6 +274,7 @@ struct Count {
 
 impl BatchHandler for Count {
     async fn handle<'a>(&'a self, batch: &'a [Delivery]) -> Vec<Result<(), HandlerError>> {
+        self.batches.fetch_add(1, Ordering::Relaxed);
         let seen = self.seen.fetch_add(batch.len() as u64, Ordering::Relaxed) + batch.len() as u64;
         if seen >= self.target {
             self.done.notify_one();
@@ -251,11 +283,15 @@ impl BatchHandler for Count {
     }
 }
 
+/// Runs a row through the worker runtime. With `streams` (JetStream: a
+/// context and the queue's prefix), CPU is measured until the topic's stream
+/// is empty, so that it includes deleting the acknowledged messages.
 async fn through_worker<B: Backend>(
     name: &'static str,
     queue: B,
     args: &Args,
     with_server: bool,
+    streams: Option<(jetstream::Context, &str)>,
 ) -> Result<Row, Error> {
     let queue = Arc::new(queue);
     let topic = format!("bench{:08x}", rand::random::<u32>());
@@ -272,8 +308,10 @@ async fn through_worker<B: Backend>(
         queue.publish(&topic, chunk).await?;
     }
     let publish = start.elapsed();
+    let publish_cpu = cpu(args, with_server) - cpu0;
 
     let count = Arc::new(Count {
+        batches: AtomicU64::new(0),
         seen: AtomicU64::new(0),
         target: args.messages as u64,
         done: tokio::sync::Notify::new(),
@@ -299,6 +337,17 @@ async fn through_worker<B: Backend>(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let consume = start.elapsed();
+    let consume_cpu = cpu(args, with_server) - cpu0;
+    let mut cleanup = None;
+    if let Some((js, prefix)) = &streams {
+        let stream = js.get_stream_no_info(format!("{prefix}_{topic}")).await?;
+        // Polled less often than the lag: the clean-up runs about once a
+        // second, and the polls' own CPU would be counted.
+        while stream.get_info().await?.state.messages > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cleanup = Some(start.elapsed() - consume);
+    }
     let cpu = cpu(args, with_server) - cpu0;
     let _ = stop.send(());
     worker.await??;
@@ -307,6 +356,10 @@ async fn through_worker<B: Backend>(
         publish,
         consume,
         cpu,
+        publish_cpu,
+        batches: Some(count.batches.load(Ordering::Relaxed)),
+        cleanup,
+        consume_cpu: Some(consume_cpu),
     })
 }
 
@@ -323,9 +376,20 @@ async fn main() -> Result<(), Error> {
             let row = match row.as_str() {
                 "raw" => raw(&args, false).await?,
                 "raw-ids" => raw(&args, true).await?,
-                "nats" => through_worker("scalestack nats", nats.clone(), &args, true).await?,
+                "nats" => {
+                    let js = jetstream::new(nats.client().clone());
+                    through_worker(
+                        "scalestack nats",
+                        nats.clone(),
+                        &args,
+                        true,
+                        Some((js, &prefix)),
+                    )
+                    .await?
+                }
                 "embedded" => {
-                    through_worker("scalestack embedded", embedded.clone(), &args, false).await?
+                    through_worker("scalestack embedded", embedded.clone(), &args, false, None)
+                        .await?
                 }
                 other => return Err(format!("unknown row {other}").into()),
             };

@@ -3,9 +3,19 @@
 //!
 //! Layout on the server, for prefix `P`, topic `T` and group `G`:
 //!
-//! - stream `P_T` with subjects `P.T.>`, interest retention (a message goes
-//!   once every group has acknowledged it) capped by `queue.retention`, the
-//!   partition count in its description, and a duplicate window on message ids;
+//! - stream `P_T` with subjects `P.T.>`, limits retention capped by
+//!   `queue.retention`, the partition count in its description, and a
+//!   duplicate window on message ids. A message is deleted once every
+//!   consumer of the stream has settled it, by the clean-up that follows
+//!   settlements (about once a second, one purge of the stream's settled
+//!   prefix: [`JetStreamQueue::clean_up`]) rather than by interest
+//!   retention, under which the server deletes each message on its last ack
+//!   at a CPU cost as high as its delivery. Storage therefore holds settled
+//!   messages up to a second longer, and an unsettled message (one waiting
+//!   for a retry, say) keeps every message published after it, in any
+//!   partition, until it is settled or `queue.retention` expires them. Streams created by older versions with interest retention
+//!   keep it (the server cannot change a stream's retention); the clean-up
+//!   is harmless there;
 //! - partition `n` is subject `P.T.p.n`; group `G` reads it through the durable
 //!   pull consumer `G-pn`. One process never holds two batches of a partition
 //!   (it skips consumers whose batch is unsettled), and the consumer's
@@ -30,19 +40,20 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
+use async_nats::header::HeaderName;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::stream::{self, LastRawMessageErrorKind, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, ErrorCode};
+use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use scalestack_config::{Config, NatsQueueConfig};
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::dlq::{AttemptRecord, DeadLetter, DlqScope, DlqTarget};
-use crate::metrics::{DUPLICATES, PUBLISHED};
+use crate::metrics::{CLEANED, DUPLICATES, PUBLISHED};
 use crate::{
     Backend, Delivery, Failure, GroupStats, Message, Published, QueueError, Token, TopicSpec,
     partition_of, validate_name,
@@ -54,6 +65,9 @@ const KEY_HEADER: &str = "Scalestack-Key";
 const PARTITION_HEADER: &str = "Scalestack-Partition";
 /// JetStream's own header for duplicate detection.
 const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+/// Least time between two clean-ups of one topic by one process (see
+/// [`JetStreamQueue::clean_up`]).
+const CLEAN_UP_EVERY: Duration = Duration::from_secs(1);
 
 /// Settings of a [`JetStreamQueue`].
 #[derive(Debug, Clone)]
@@ -116,8 +130,18 @@ struct Source {
     partition: Option<u32>,
 }
 
-/// A batch of one consumer: its partition (`None` for redrives) and messages.
-type Batch = (Option<u32>, Vec<jetstream::Message>);
+/// A batch of one consumer: its partition (`None` for redrives), the
+/// consumer and its messages.
+type Batch = (Option<u32>, Arc<BusyKey>, Vec<jetstream::Message>);
+
+/// What settles a JetStream delivery: the message (its reply subject is the
+/// ack subject) and its consumer, named once per batch rather than parsed
+/// from the reply subject at every settlement.
+#[derive(Debug, Clone)]
+pub(crate) struct NatsToken {
+    message: jetstream::Message,
+    consumer: Arc<BusyKey>,
+}
 
 /// The batch feed of one (topic, group) in this process: one task per
 /// consumer keeps a pull stream open (the server pushes as messages arrive,
@@ -142,6 +166,15 @@ impl Drop for Dispatcher {
 
 /// A (topic, group) pair.
 type GroupKey = (String, String);
+
+/// The clean-up of one topic in this process.
+#[derive(Debug, Default)]
+struct CleanUp {
+    /// A task is waiting to clean the topic up, or doing it.
+    running: bool,
+    /// Messages were settled since that task last started its clean-up.
+    dirty: bool,
+}
 /// A (stream, consumer) pair.
 type BusyKey = (String, String);
 
@@ -162,6 +195,8 @@ struct Inner {
     busy: std::sync::Mutex<HashMap<BusyKey, (usize, std::time::Instant)>>,
     /// Wakes the feeds waiting for a batch of theirs to be settled.
     settled: tokio::sync::Notify,
+    /// Clean-ups of topics, by topic.
+    clean_ups: std::sync::Mutex<HashMap<String, CleanUp>>,
     dlq: OnceCell<stream::Stream>,
     retries: OnceCell<stream::Stream>,
 }
@@ -187,6 +222,7 @@ impl JetStreamQueue {
                 dispatchers: Mutex::new(HashMap::new()),
                 busy: std::sync::Mutex::new(HashMap::new()),
                 settled: tokio::sync::Notify::new(),
+                clean_ups: std::sync::Mutex::new(HashMap::new()),
                 dlq: OnceCell::new(),
                 retries: OnceCell::new(),
             }),
@@ -201,6 +237,101 @@ impl JetStreamQueue {
 
     fn prefix(&self) -> &str {
         &self.inner.options.nats.prefix
+    }
+
+    /// Deletes the messages of `topic` that every consumer of its stream
+    /// has acknowledged (or dead-lettered) and returns how many. Runs by
+    /// itself about once a second while messages are being settled; callers
+    /// need it only to reclaim space at once.
+    ///
+    /// A topic's stream uses limits retention (kept up to the retention
+    /// age), so the server does not delete a message on its last ack, which
+    /// cost it as much CPU as the delivery. Instead this deletes the stream's
+    /// prefix below the lowest sequence any consumer still needs, in one
+    /// request: per consumer, the first sequence after its ack floor while
+    /// it has unacknowledged messages, else the first message of its subject
+    /// it has not been delivered. A message waiting for a retry (or in a
+    /// batch in hand) therefore keeps the messages after it until it is
+    /// settled or the retention age removes them.
+    pub async fn clean_up(&self, topic: &str) -> Result<u64, QueueError> {
+        validate_name("topic", topic)?;
+        let stream = self
+            .inner
+            .js
+            .get_stream_no_info(self.stream_name(topic))
+            .await
+            .map_err(|e| QueueError::nats("read stream", e))?;
+        let state = stream
+            .get_info()
+            .await
+            .map_err(|e| QueueError::nats("read stream", e))?
+            .state;
+        if state.messages == 0 {
+            return Ok(0);
+        }
+        // Messages published from now on come after `state.last_sequence`.
+        let mut keep_from = state.last_sequence + 1;
+        let mut consumers = stream.consumers();
+        while let Some(info) = consumers.next().await {
+            let info = info.map_err(|e| QueueError::nats("list consumers", e))?;
+            let needed = if info.num_ack_pending > 0 {
+                // Everything up to the ack floor is acknowledged; what
+                // follows may be in flight or waiting for a retry.
+                info.ack_floor.stream_sequence + 1
+            } else if info.delivered.stream_sequence >= state.last_sequence {
+                state.last_sequence + 1
+            } else if info.config.filter_subject.is_empty() {
+                info.delivered.stream_sequence + 1
+            } else {
+                // Every delivered message is acknowledged: the consumer
+                // needs the next message of its subject, if any.
+                match stream
+                    .get_first_raw_message_by_subject(
+                        &info.config.filter_subject,
+                        info.delivered.stream_sequence + 1,
+                    )
+                    .await
+                {
+                    Ok(message) => message.sequence,
+                    Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                        state.last_sequence + 1
+                    }
+                    Err(e) => return Err(QueueError::nats("read stream", e)),
+                }
+            };
+            keep_from = keep_from.min(needed);
+            if keep_from <= state.first_sequence {
+                return Ok(0);
+            }
+        }
+        let purged = stream
+            .purge()
+            .sequence(keep_from)
+            .await
+            .map_err(|e| QueueError::nats("clean up stream", e))?
+            .purged;
+        if purged > 0 {
+            metrics::counter!(CLEANED, "topic" => topic.to_owned()).increment(purged);
+        }
+        Ok(purged)
+    }
+
+    /// Notes that messages of `topic` were settled: a clean-up follows
+    /// within [`CLEAN_UP_EVERY`], and then one every interval while messages
+    /// keep being settled.
+    fn schedule_clean_up(&self, topic: &str) {
+        let mut clean_ups = self.inner.clean_ups.lock().unwrap();
+        let state = match clean_ups.get_mut(topic) {
+            Some(state) => state,
+            None => clean_ups.entry(topic.to_owned()).or_default(),
+        };
+        state.dirty = true;
+        if state.running {
+            return;
+        }
+        state.running = true;
+        drop(clean_ups);
+        tokio::spawn(clean_up_loop(Arc::downgrade(&self.inner), topic.to_owned()));
     }
 
     fn stream_name(&self, topic: &str) -> String {
@@ -506,49 +637,72 @@ impl JetStreamQueue {
     /// Whether this process holds an unsettled batch of `consumer`. A batch
     /// older than the ack deadline no longer counts: the server has handed
     /// its messages out again by then.
-    fn is_busy(inner: &Inner, stream: &str, consumer: &str) -> bool {
+    fn is_busy(inner: &Inner, key: &BusyKey) -> bool {
         let mut busy = inner.busy.lock().unwrap();
-        let key = (stream.to_owned(), consumer.to_owned());
-        match busy.get(&key) {
+        match busy.get(key) {
             Some((_, since)) if since.elapsed() < inner.options.ack_deadline => true,
             Some(_) => {
-                busy.remove(&key);
+                busy.remove(key);
                 false
             }
             None => false,
         }
     }
 
-    fn mark_busy(inner: &Inner, stream: &str, consumer: &str, count: usize) {
-        inner.busy.lock().unwrap().insert(
-            (stream.to_owned(), consumer.to_owned()),
-            (count, std::time::Instant::now()),
-        );
+    fn mark_busy(inner: &Inner, key: &BusyKey, count: usize) {
+        inner
+            .busy
+            .lock()
+            .unwrap()
+            .insert(key.clone(), (count, std::time::Instant::now()));
     }
 
     /// Counts settled deliveries off their consumers' batches.
     fn settled(&self, deliveries: &[Delivery]) {
         let mut busy = self.inner.busy.lock().unwrap();
-        for delivery in deliveries {
-            let Token::Nats(message) = &delivery.token else {
-                continue;
-            };
-            let Ok(info) = message.info() else { continue };
-            let key = (info.stream.to_owned(), info.consumer.to_owned());
-            if let Some((left, _)) = busy.get_mut(&key) {
-                *left = left.saturating_sub(1);
+        // A batch holds one consumer's deliveries: count them per run.
+        let mut run: Option<(&Arc<BusyKey>, usize)> = None;
+        let mut settle = |key: &BusyKey, count: usize| {
+            if let Some((left, _)) = busy.get_mut(key) {
+                *left = left.saturating_sub(count);
                 if *left == 0 {
-                    busy.remove(&key);
+                    busy.remove(key);
                 }
             }
+        };
+        for delivery in deliveries {
+            let Token::Nats(token) = &delivery.token else {
+                continue;
+            };
+            match &mut run {
+                Some((key, count)) if Arc::ptr_eq(key, &token.consumer) => *count += 1,
+                _ => {
+                    if let Some((key, count)) = run {
+                        settle(key, count);
+                    }
+                    run = Some((&token.consumer, 1));
+                }
+            }
+        }
+        if let Some((key, count)) = run {
+            settle(key, count);
         }
         drop(busy);
         self.inner.settled.notify_waiters();
     }
 
+    fn nats_token(delivery: &Delivery) -> Result<&NatsToken, QueueError> {
+        match &delivery.token {
+            Token::Nats(token) => Ok(token),
+            Token::Embedded(_) => Err(QueueError::InvalidArgument(
+                "an embedded delivery cannot be settled on JetStream".into(),
+            )),
+        }
+    }
+
     fn nats_message(delivery: &Delivery) -> Result<&jetstream::Message, QueueError> {
         match &delivery.token {
-            Token::Nats(message) => Ok(message),
+            Token::Nats(token) => Ok(&token.message),
             Token::Embedded(_) => Err(QueueError::InvalidArgument(
                 "an embedded delivery cannot be settled on JetStream".into(),
             )),
@@ -562,6 +716,7 @@ impl JetStreamQueue {
         group: &str,
         partitions: u32,
         source_partition: Option<u32>,
+        consumer: &Arc<BusyKey>,
         message: jetstream::Message,
     ) -> Result<Delivery, QueueError> {
         let info = message.info().map_err(|e| QueueError::Decode {
@@ -610,7 +765,10 @@ impl JetStreamQueue {
             },
             published_at_ms,
             attempt,
-            token: Token::Nats(Box::new(message)),
+            token: Token::Nats(Box::new(NatsToken {
+                message,
+                consumer: consumer.clone(),
+            })),
         })
     }
 
@@ -619,7 +777,8 @@ impl JetStreamQueue {
         for (name, value) in &message.headers {
             headers.insert(name.as_str(), value.as_str());
         }
-        headers.insert(KEY_HEADER, message.key.as_str());
+        // A static name: no allocation and no validation per message.
+        headers.insert(HeaderName::from_static(KEY_HEADER), message.key.as_str());
         headers
     }
 
@@ -670,6 +829,7 @@ async fn feed(
         let info = source.consumer.cached_info();
         (info.stream_name.clone(), info.name.clone())
     };
+    let key = Arc::new((stream_name.clone(), consumer_name.clone()));
     loop {
         // One batch of a partition at a time in this process: wait until
         // the previous one is settled (or its deadline has passed).
@@ -678,7 +838,7 @@ async fn feed(
             let settled = inner.settled.notified();
             tokio::pin!(settled);
             settled.as_mut().enable();
-            if !JetStreamQueue::is_busy(&inner, &stream_name, &consumer_name) {
+            if !JetStreamQueue::is_busy(&inner, &key) {
                 break;
             }
             // Holding `inner` here delays its drop by at most `recheck`.
@@ -705,9 +865,54 @@ async fn feed(
         }
         {
             let Some(inner) = inner.upgrade() else { return };
-            JetStreamQueue::mark_busy(&inner, &stream_name, &consumer_name, batch.len());
+            JetStreamQueue::mark_busy(&inner, &key, batch.len());
         }
-        if batches.send((source.partition, batch)).await.is_err() {
+        if batches
+            .send((source.partition, key.clone(), batch))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Cleans `topic` up every [`CLEAN_UP_EVERY`] while messages of it are
+/// being settled in this process, then stops. A failed clean-up is tried
+/// again at the next interval, a few times; after that the next settlement
+/// starts over, and the retention age is the backstop.
+async fn clean_up_loop(inner: std::sync::Weak<Inner>, topic: String) {
+    const TRIES: u32 = 5;
+    let mut failures = 0;
+    loop {
+        tokio::time::sleep(CLEAN_UP_EVERY).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if let Some(state) = inner.clean_ups.lock().unwrap().get_mut(&topic) {
+            state.dirty = false;
+        }
+        let queue = JetStreamQueue { inner };
+        let failed = match queue.clean_up(&topic).await {
+            Ok(_) => {
+                failures = 0;
+                false
+            }
+            Err(error) => {
+                failures += 1;
+                if failures != TRIES {
+                    tracing::debug!(%error, %topic, "cannot clean up a topic");
+                } else {
+                    tracing::warn!(%error, %topic, "cannot clean up a topic; giving up until \
+                        the next settlement (settled messages stay until then or their max age)");
+                }
+                failures < TRIES
+            }
+        };
+        let mut clean_ups = queue.inner.clean_ups.lock().unwrap();
+        let Some(state) = clean_ups.get_mut(&topic) else {
+            return;
+        };
+        if !state.dirty && !failed {
+            state.running = false;
             return;
         }
     }
@@ -744,7 +949,8 @@ impl Backend for JetStreamQueue {
             name: self.stream_name(&spec.name),
             subjects: vec![format!("{}.{}.>", self.prefix(), spec.name)],
             description: Some(describe_partitions(spec.partitions)),
-            retention: RetentionPolicy::Interest,
+            // Not interest retention: see `clean_up`.
+            retention: RetentionPolicy::Limits,
             max_age: options.retention,
             duplicate_window: options.nats.duplicate_window,
             storage: StorageType::File,
@@ -820,20 +1026,22 @@ impl Backend for JetStreamQueue {
         let window = self.inner.options.nats.publish_window.max(1);
         let mut out = Vec::with_capacity(messages.len());
         let mut duplicates = 0u64;
+        // Each partition's subject is formatted once per call; a clone of
+        // it is a reference count.
+        let mut subjects: Vec<Option<Subject>> = vec![None; partitions as usize];
         for chunk in messages.chunks(window) {
             let mut pending = Vec::with_capacity(chunk.len());
             for message in chunk {
                 let partition = partition_of(&message.key, partitions);
                 let mut headers = Self::publish_headers(message);
-                headers.insert(MSG_ID_HEADER, message.id.as_str());
+                headers.insert(HeaderName::from_static(MSG_ID_HEADER), message.id.as_str());
+                let subject = subjects[partition as usize]
+                    .get_or_insert_with(|| self.partition_subject(topic, partition).into())
+                    .clone();
                 let ack = self
                     .inner
                     .js
-                    .publish_with_headers(
-                        self.partition_subject(topic, partition),
-                        headers,
-                        message.payload.clone(),
-                    )
+                    .publish_with_headers(subject, headers, message.payload.clone())
                     .await
                     .map_err(|e| QueueError::nats("publish", e))?;
                 pending.push((partition, ack));
@@ -879,7 +1087,7 @@ impl Backend for JetStreamQueue {
             batches.recv().await
         })
         .await;
-        let (partition, messages) = match received {
+        let (partition, consumer, messages) = match received {
             Err(_elapsed) => return Ok(Vec::new()),
             Ok(Some(batch)) => batch,
             Ok(None) => {
@@ -891,7 +1099,7 @@ impl Backend for JetStreamQueue {
         };
         messages
             .into_iter()
-            .map(|m| self.delivery(topic, group, partitions, partition, m))
+            .map(|m| self.delivery(topic, group, partitions, partition, &consumer, m))
             .collect()
     }
 
@@ -900,27 +1108,31 @@ impl Backend for JetStreamQueue {
         // the server's confirmation, which it sends after processing every
         // earlier ack of that consumer (they are handled in order). So when
         // this returns, the whole batch is acknowledged on the server.
-        let mut consumers = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            let message = Self::nats_message(delivery)?;
-            let consumer = message.info().map(|info| info.consumer).unwrap_or("");
-            consumers.push((message, consumer));
-        }
-        for (i, (message, consumer)) in consumers.iter().enumerate() {
+        let tokens = deliveries
+            .iter()
+            .map(Self::nats_token)
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, token) in tokens.iter().enumerate() {
             // A batch holds one consumer's messages, so this stops at once
             // but for the last one.
-            let last = !consumers[i + 1..].iter().any(|(_, c)| c == consumer);
+            let last = !tokens[i + 1..].iter().any(|t| t.consumer == token.consumer);
             if last {
-                self.confirmed_ack(message).await?;
+                self.confirmed_ack(&token.message).await?;
             } else {
-                message
+                token
+                    .message
                     .ack()
                     .await
                     .map_err(|e| QueueError::nats("ack", e))?;
             }
         }
         self.settled(deliveries);
+        let mut topic = None;
         for delivery in deliveries {
+            if topic != Some(delivery.topic.as_str()) {
+                topic = Some(delivery.topic.as_str());
+                self.schedule_clean_up(&delivery.topic);
+            }
             self.forget_history(delivery).await;
         }
         Ok(())
@@ -990,6 +1202,7 @@ impl Backend for JetStreamQueue {
             .await
             .map_err(|e| QueueError::nats("ack dead letter", e))?;
         self.settled(std::slice::from_ref(delivery));
+        self.schedule_clean_up(&delivery.topic);
         self.forget_history(delivery).await;
         Ok(())
     }

@@ -305,8 +305,9 @@ impl fmt::Debug for Delivery {
 pub(crate) enum Token {
     /// The lease token written with the pending row.
     Embedded(i64),
-    /// The JetStream message, whose reply subject acknowledges it.
-    Nats(Box<async_nats::jetstream::Message>),
+    /// The JetStream message, whose reply subject acknowledges it, and the
+    /// consumer it came from.
+    Nats(Box<jetstream::NatsToken>),
 }
 
 /// Why a delivery failed, recorded in its history and dead letter.

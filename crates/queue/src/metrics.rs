@@ -8,6 +8,9 @@
 pub const PUBLISHED: &str = "scalestack_queue_published_total";
 /// Counter of publishes dropped as duplicates of an id already in the topic.
 pub const DUPLICATES: &str = "scalestack_queue_publish_duplicates_total";
+/// Counter of messages deleted from a JetStream topic once every consumer
+/// group had settled them, by topic.
+pub const CLEANED: &str = "scalestack_queue_cleaned_total";
 /// Counter of settled deliveries by topic, group and outcome
 /// (`ack`, `retry`, `dead`): its rate is the consumer throughput.
 pub const SETTLED: &str = "scalestack_queue_settled_total";
@@ -40,6 +43,10 @@ pub fn describe() {
     describe_counter!(
         DUPLICATES,
         "Publishes dropped because their message id was already in the topic."
+    );
+    describe_counter!(
+        CLEANED,
+        "Messages deleted from a JetStream topic once every group had settled them."
     );
     describe_counter!(
         SETTLED,

@@ -52,6 +52,11 @@ pub(crate) struct Args {
     /// `--no-append`).
     #[arg(long)]
     no_e2e: bool,
+    /// Runs of the four throughput rows, interleaved (raw, raw + ids,
+    /// scalestack nats, embedded, raw, ...); each figure is the median of
+    /// its row's runs, which keeps a noisy neighbour from deciding a ratio.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
 }
 
 struct LatencyRow {
@@ -96,6 +101,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         .args(["--partitions", &args.partitions.to_string()])
         .args(["--concurrency", &args.concurrency.to_string()])
         .args(["--window", &args.window.to_string()])
+        .args(["--repeat", &args.repeat.max(1).to_string()])
         .current_dir(root())
         .stderr(Stdio::inherit())
         .output()
@@ -106,24 +112,27 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             output.status
         );
     }
-    let mut rows = Vec::new();
+    let mut runs = Vec::new();
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        rows.push(Row {
+        runs.push(Row {
             name: v["name"].as_str().unwrap_or("?").to_owned(),
             publish: v["publish_per_s"].as_f64().unwrap_or(f64::NAN),
             consume: v["consume_per_s"].as_f64().unwrap_or(f64::NAN),
             cpu_us: v["cpu_us_per_msg"].as_f64().unwrap_or(f64::NAN),
         });
     }
-    if rows.len() != 4 {
+    let repeat = args.repeat.max(1);
+    if runs.len() != 4 * repeat {
         bail!(
-            "expected 4 result rows from the benchmark, got {}",
-            rows.len()
+            "expected {} result rows from the benchmark, got {}",
+            4 * repeat,
+            runs.len()
         );
     }
+    let rows = medians(&runs);
     if args.no_e2e {
         println!("{}", render(&rows));
         return Ok(());
@@ -135,6 +144,40 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         append(args, &table)?;
     }
     Ok(())
+}
+
+/// One row per backend, in the order of their first run, with the median of
+/// each figure over that backend's runs.
+fn medians(runs: &[Row]) -> Vec<Row> {
+    fn median(mut values: Vec<f64>) -> f64 {
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        if n % 2 == 1 {
+            values[n / 2]
+        } else {
+            (values[n / 2 - 1] + values[n / 2]) / 2.0
+        }
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for run in runs {
+        if !names.contains(&run.name.as_str()) {
+            names.push(&run.name);
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let of = |f: fn(&Row) -> f64| {
+                median(runs.iter().filter(|r| r.name == name).map(f).collect())
+            };
+            Row {
+                name: name.to_owned(),
+                publish: of(|r| r.publish),
+                consume: of(|r| r.consume),
+                cpu_us: of(|r| r.cpu_us),
+            }
+        })
+        .collect()
 }
 
 /// Runs `crates/app/benches/flows.rs`: order → all three effects, per backend.
@@ -222,6 +265,20 @@ fn render(rows: &[Row]) -> String {
             row.consume / raw.consume
         );
     }
+    // Message ids are what duplicate detection needs, so the backend is also
+    // compared with the raw client that sends them.
+    if let (Some(ids), Some(ours)) = (
+        rows.iter()
+            .find(|r| r.name == "raw async-nats + message ids"),
+        rows.iter().find(|r| r.name == "scalestack nats"),
+    ) {
+        let _ = writeln!(
+            out,
+            "\nscalestack nats / raw async-nats + message ids: publish {:.2}×, consume + ack {:.2}×.",
+            ours.publish / ids.publish,
+            ours.consume / ids.consume
+        );
+    }
     out
 }
 
@@ -243,10 +300,13 @@ fn append(args: &Args, table: &str) -> Result<()> {
          and acknowledges all of them. Raw: one stream over {} subjects, one durable pull consumer \
          read as a message stream in batches of {}; its second row adds a `Nats-Msg-Id` header to \
          every publish, as the scalestack backend does for duplicate detection. scalestack: a topic of {} partitions, the worker \
-         runtime with {} consume loops and batches of {}. CPU = utime + stime of the benchmark \
+         runtime with {} consume loops and batches of {}. Both NATS streams use limits \
+         retention; scalestack deletes settled messages by a clean-up about once a second, \
+         whose CPU is counted. CPU = utime + stime of the benchmark \
          process plus, for the NATS rows, the server, per message.\n\n\
+         {}\
          Command: `cargo xtask bench queue --messages {} --payload {} --batch {} --partitions {} \
-         --concurrency {} --window {} --orders {} --order-rate {}`\n\n{table}",
+         --concurrency {} --window {} --orders {} --order-rate {}{}`\n\n{table}",
         args.messages,
         args.payload,
         args.window,
@@ -255,6 +315,14 @@ fn append(args: &Args, table: &str) -> Result<()> {
         args.partitions,
         args.concurrency,
         args.batch,
+        if args.repeat > 1 {
+            format!(
+                "Each figure is the median of {} interleaved runs of the four rows.\n\n",
+                args.repeat
+            )
+        } else {
+            String::new()
+        },
         args.messages,
         args.payload,
         args.batch,
@@ -263,6 +331,11 @@ fn append(args: &Args, table: &str) -> Result<()> {
         args.window,
         args.orders,
         args.order_rate,
+        if args.repeat > 1 {
+            format!(" --repeat {}", args.repeat)
+        } else {
+            String::new()
+        },
     );
     report::append(&text)
 }

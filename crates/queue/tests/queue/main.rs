@@ -18,7 +18,7 @@ use scalestack_queue::embedded::{EmbeddedOptions, EmbeddedQueue};
 use scalestack_queue::jetstream::{JetStreamOptions, JetStreamQueue};
 use scalestack_queue::worker::GroupOptions;
 use scalestack_queue::{
-    Backend, BatchHandler, Delivery, DlqScope, HandlerError, Message, TopicSpec, Worker,
+    Backend, BatchHandler, Delivery, DlqScope, Failure, HandlerError, Message, TopicSpec, Worker,
 };
 use scalestack_testkit::nats::NatsServer;
 
@@ -212,6 +212,93 @@ async fn jetstream_keeps_messages_across_a_server_kill() {
         ids.extend(batch.into_iter().map(|d| d.message.id));
     }
     assert_eq!(queue.group_stats("t", "g").await.unwrap().lag(), 0);
+}
+
+/// A JetStream topic keeps a message until every group has settled it, then
+/// the clean-up deletes it: limits retention plus consumer-driven deletion
+/// stands in for interest retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_cleans_up_what_every_group_settled() {
+    let server = NatsServer::shared().unwrap();
+    let prefix = format!("clean{:08x}", rand::random::<u32>());
+    let queue = JetStreamQueue::connect(JetStreamOptions::new(&server.url()).with_prefix(&prefix))
+        .await
+        .unwrap();
+    queue
+        .ensure_topic(&TopicSpec::new("t", 2, &["a", "b"]))
+        .await
+        .unwrap();
+    let messages: Vec<Message> = (0..20)
+        .map(|i| Message::new(format!("m{i}"), format!("k{}", i % 5), "x"))
+        .collect();
+    queue.publish("t", &messages).await.unwrap();
+    let js = async_nats::jetstream::new(queue.client().clone());
+    let stream = js.get_stream_no_info(format!("{prefix}_t")).await.unwrap();
+    let stored = || async { stream.get_info().await.unwrap().state.messages };
+
+    // Group a settles everything: group b still needs every message.
+    let mut done = 0;
+    while done < 20 {
+        let batch = queue
+            .fetch("t", "a", 50, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(!batch.is_empty(), "group a got {done} of 20");
+        done += batch.len();
+        queue.ack(&batch).await.unwrap();
+    }
+    assert_eq!(queue.clean_up("t").await.unwrap(), 0);
+    assert_eq!(stored().await, 20);
+
+    // Group b acknowledges all but one message, which waits for a retry:
+    // it must survive every clean-up until it is settled.
+    let mut held = None;
+    let mut done = 0;
+    while done < 20 {
+        let batch = queue
+            .fetch("t", "b", 50, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(!batch.is_empty(), "group b got {done} of 20");
+        done += batch.len();
+        let (first, rest) = batch.split_first().unwrap();
+        if held.is_none() {
+            let failure = Failure {
+                error: "later".into(),
+                permanent: false,
+                at_ms: 0,
+            };
+            queue
+                .nak(first, Duration::from_millis(300), &failure)
+                .await
+                .unwrap();
+            held = Some(first.clone());
+            queue.ack(rest).await.unwrap();
+        } else {
+            queue.ack(&batch).await.unwrap();
+        }
+    }
+    let held = held.unwrap();
+    queue.clean_up("t").await.unwrap();
+    assert!(stored().await >= 1);
+    assert!(
+        stream.get_raw_message(held.seq).await.is_ok(),
+        "the message waiting for its retry was deleted"
+    );
+
+    let again = queue
+        .fetch("t", "b", 50, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].message.id, held.message.id);
+    assert_eq!(again[0].attempt, 2);
+    queue.ack(&again).await.unwrap();
+    // The clean-up that follows settlements empties the stream by itself.
+    let emptied = until(Duration::from_secs(15), || async { stored().await == 0 }).await;
+    assert!(emptied, "{} messages left", stored().await);
+    assert_eq!(queue.group_stats("t", "a").await.unwrap().lag(), 0);
+    assert_eq!(queue.group_stats("t", "b").await.unwrap().lag(), 0);
 }
 
 // === metrics ===
