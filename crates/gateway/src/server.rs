@@ -176,12 +176,12 @@ async fn run_worker(
     };
     let worker = Rc::new(Worker::new(shared));
     tokio::task::spawn_local(sweep(Rc::clone(&worker)));
-    let drain = Rc::new(Drain::default());
-    let stop = Rc::new(Stop::default());
-    let gauges = Gauges {
+    let conns = Rc::new(Conns {
+        drain: Drain::default(),
+        stop: Stop::default(),
         active: observe::active_connections(),
         parked: observe::parked_connections(),
-    };
+    });
     loop {
         tokio::select! {
             changed = shutdown.changed() => {
@@ -191,20 +191,8 @@ async fn run_worker(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let connection = ConnectionGuard::open(&gauges.active);
-                    let ticket = Drain::enter(&drain);
-                    let served = serve_client(
-                        stream,
-                        peer,
-                        Rc::clone(&worker),
-                        Rc::clone(&stop),
-                        gauges.parked.clone(),
-                    );
-                    tokio::task::spawn_local(async move {
-                        served.await;
-                        drop(connection);
-                        drop(ticket);
-                    });
+                    let served = serve_client(stream, peer, &worker, Ticket::enter(&conns));
+                    tokio::task::spawn_local(served);
                 }
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
@@ -216,21 +204,32 @@ async fn run_worker(
     // Closing the listener first makes new connections fail at once
     // instead of waiting in the backlog for an answer that never comes.
     drop(listener);
-    stop.raise();
+    conns.stop.raise();
     tracing::debug!(
-        connections = drain.live.get(),
+        connections = conns.drain.live.get(),
         "worker draining connections"
     );
-    if tokio::time::timeout(DRAIN_TIMEOUT, drain.wait())
+    if tokio::time::timeout(DRAIN_TIMEOUT, conns.drain.wait())
         .await
         .is_err()
     {
         tracing::warn!(
             timeout_s = DRAIN_TIMEOUT.as_secs(),
-            connections = drain.live.get(),
+            connections = conns.drain.live.get(),
             "connections still open after the drain timeout; closing them"
         );
     }
+}
+
+/// What the client connections of one worker share: one reference per
+/// connection, so that a parked connection's task stays small.
+struct Conns {
+    drain: Drain,
+    stop: Stop,
+    /// Open client connections.
+    active: metrics::Gauge,
+    /// Parked client connections.
+    parked: metrics::Gauge,
 }
 
 /// The connections of one worker, counted so that shutdown can wait for them.
@@ -240,15 +239,24 @@ struct Drain {
     none_left: tokio::sync::Notify,
 }
 
-/// One connection counted in a [`Drain`]; the count drops with it.
-struct Ticket(Rc<Drain>);
+/// One connection, counted in its worker's [`Drain`] and in the gauge of
+/// open connections for as long as it lives.
+struct Ticket {
+    conns: Rc<Conns>,
+    _open: ConnectionGuard,
+}
+
+impl Ticket {
+    fn enter(conns: &Rc<Conns>) -> Ticket {
+        conns.drain.live.set(conns.drain.live.get() + 1);
+        Ticket {
+            conns: Rc::clone(conns),
+            _open: ConnectionGuard::open(&conns.active),
+        }
+    }
+}
 
 impl Drain {
-    fn enter(drain: &Rc<Drain>) -> Ticket {
-        drain.live.set(drain.live.get() + 1);
-        Ticket(Rc::clone(drain))
-    }
-
     /// Resolves once no connection is left.
     async fn wait(&self) {
         while self.live.get() > 0 {
@@ -259,11 +267,12 @@ impl Drain {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let left = self.0.live.get() - 1;
-        self.0.live.set(left);
+        let drain = &self.conns.drain;
+        let left = drain.live.get() - 1;
+        drain.live.set(left);
         if left == 0 {
             // A stored permit wakes the waiter even if it is not waiting yet.
-            self.0.none_left.notify_one();
+            drain.none_left.notify_one();
         }
     }
 }
@@ -353,12 +362,6 @@ impl Drop for StopWait<'_> {
     }
 }
 
-/// The gauges of client connections.
-struct Gauges {
-    active: metrics::Gauge,
-    parked: metrics::Gauge,
-}
-
 /// The future that serves one client connection to its end.
 ///
 /// hyper serves the connection in sessions: one lasts while requests keep
@@ -366,12 +369,17 @@ struct Gauges {
 /// ends the session without closing the socket, and the connection waits,
 /// parked, with none of hyper's buffers, until the client sends again (or the
 /// header read timeout, or shutdown, closes it).
+///
+/// The future is the connection's whole task, and a parked connection is
+/// little more than its task: it keeps only what every session needs (the
+/// guarded socket, the proxy's per-connection state, its ticket); hyper's
+/// settings are rebuilt for each session from the guard's limits, and the
+/// client's address is looked up again if an error is to be logged.
 fn serve_client(
     stream: TcpStream,
     peer: SocketAddr,
-    worker: Rc<Worker>,
-    stop: Rc<Stop>,
-    parked: metrics::Gauge,
+    worker: &Rc<Worker>,
+    ticket: Ticket,
 ) -> impl Future<Output = ()> + 'static {
     // Responses are written as soon as they are ready; Nagle would hold
     // back the last segment of each one.
@@ -380,46 +388,25 @@ fn serve_client(
     }
     let limits = worker.shared.client_limits();
     let guard = Rc::new(GuardShared::default());
-    let client = Rc::new(Client::new(worker, peer.ip(), Rc::clone(&guard)));
-    let idle_client = Rc::clone(&client);
-    let service = service_fn(move |request| {
-        let client = Rc::clone(&client);
-        async move {
-            let response = client.serve(request).await;
-            let done = Rc::clone(&client.guard);
-            Ok::<_, Infallible>(response.map(|body| ClientBody { body, done }))
-        }
-    });
-    let mut http = http1::Builder::new();
-    http.keep_alive(true)
-        // A client that stops sending (or whose body framing broke, which the
-        // guard turns into an end of stream) still gets its answer.
-        .half_close(true)
-        // The guard enforces the header timeout with one timer per connection.
-        .header_read_timeout(None)
-        // hyper's buffer must hold any head the guard accepts.
-        .max_buf_size((limits.max_header_bytes + 8192).max(64 * 1024));
-    // The guard refuses heads with more than `max_headers` lines before
-    // hyper sees them, so hyper's own limit only has to be at least that.
-    // Its default keeps its parse arrays on the stack; any explicit limit
-    // moves them to the heap, two allocations for every request.
-    if limits.max_headers > HYPER_DEFAULT_MAX_HEADERS {
-        http.max_headers(limits.max_headers);
-    }
+    let client = Rc::new(Client::new(Rc::clone(worker), peer.ip(), Rc::clone(&guard)));
     let io = Rc::new(RefCell::new(
         Guarded::new(stream, limits, guard).park_after(PARK_AFTER),
     ));
     async move {
+        let conns = &ticket.conns;
         loop {
-            if stop.raised.get() {
-                return;
+            if conns.stop.raised.get() {
+                break;
             }
-            // Boxed, so that a parked connection's task keeps no room for it.
+            // Boxed, so that a parked connection's task keeps no room for
+            // it; hyper's settings are a temporary, gone before the first await.
+            let limits = io.borrow().limits();
             let mut session = Box::pin(
-                http.serve_connection(TokioIo::new(GuardedIo(Rc::clone(&io))), service.clone()),
+                session_builder(limits)
+                    .serve_connection(TokioIo::new(GuardedIo(Rc::clone(&io))), service(&client)),
             );
             let ended = {
-                let mut stopping = std::pin::pin!(stop.wait());
+                let mut stopping = std::pin::pin!(conns.stop.wait());
                 let mut stopped = false;
                 std::future::poll_fn(|cx| {
                     if let Poll::Ready(ended) = session.as_mut().poll(cx) {
@@ -440,19 +427,23 @@ fn serve_client(
             drop(session);
             if let Err(error) = ended {
                 // Clients that hang up or time out are routine, not errors of ours.
-                tracing::debug!(%error, %peer, "client connection ended with an error");
-                return;
+                tracing::debug!(
+                    %error,
+                    peer = ?io.borrow().peer_addr().ok(),
+                    "client connection ended with an error"
+                );
+                break;
             }
-            if !io.borrow().is_parking() || stop.raised.get() {
-                return;
+            if !io.borrow().is_parking() || conns.stop.raised.get() {
+                break;
             }
-            idle_client.release_idle_state();
-            parked.increment(1.0);
+            client.release_idle_state();
+            conns.parked.increment(1.0);
             // Parked: until the client sends, the header read timeout runs
             // out (on the guard's own timer) or shutdown begins. Nothing is
             // kept for the wait but the registration with `stop`.
             let woke = {
-                let mut stopping = std::pin::pin!(stop.wait());
+                let mut stopping = std::pin::pin!(conns.stop.wait());
                 std::future::poll_fn(|cx| {
                     let mut guarded = io.borrow_mut();
                     if let Poll::Ready(ready) = guarded.poll_read_ready(cx) {
@@ -465,13 +456,55 @@ fn serve_client(
                 })
                 .await
             };
-            parked.decrement(1.0);
+            conns.parked.decrement(1.0);
             if !woke {
-                return;
+                break;
             }
             io.borrow_mut().unpark();
         }
+        drop(ticket);
     }
+}
+
+/// hyper's service for one session of `client`'s connection.
+fn service(
+    client: &Rc<Client>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<ClientBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<ClientBody>, Infallible>>,
+> {
+    let client = Rc::clone(client);
+    service_fn(move |request| {
+        let client = Rc::clone(&client);
+        async move {
+            let response = client.serve(request).await;
+            let done = Rc::clone(&client.guard);
+            Ok::<_, Infallible>(response.map(|body| ClientBody { body, done }))
+        }
+    })
+}
+
+/// hyper's settings for one session on a connection with `limits`.
+fn session_builder(limits: Limits) -> http1::Builder {
+    let mut http = http1::Builder::new();
+    http.keep_alive(true)
+        // A client that stops sending (or whose body framing broke, which the
+        // guard turns into an end of stream) still gets its answer.
+        .half_close(true)
+        // The guard enforces the header timeout with one timer per connection.
+        .header_read_timeout(None)
+        // hyper's buffer must hold any head the guard accepts.
+        .max_buf_size((limits.max_header_bytes + 8192).max(64 * 1024));
+    // The guard refuses heads with more than `max_headers` lines before
+    // hyper sees them, so hyper's own limit only has to be at least that.
+    // Its default keeps its parse arrays on the stack; any explicit limit
+    // moves them to the heap, two allocations for every request.
+    if limits.max_headers > HYPER_DEFAULT_MAX_HEADERS {
+        http.max_headers(limits.max_headers);
+    }
+    http
 }
 
 /// A response body that tells the connection's guard when it is done, so
@@ -504,5 +537,41 @@ impl Body for ClientBody {
 impl Drop for ClientBody {
     fn drop(&mut self) {
         self.done.response_done();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parked connection is little more than its task, whose size is that
+    /// of this future (10,000 idle clients hold 10,000 of them): it must not
+    /// keep a copy of itself, hyper's settings or the session's state.
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let mut config = scalestack_config::GatewayConfig::default();
+        config.pools[0].endpoints = vec!["127.0.0.1:1".into()];
+        let table = Table::build(&config, None).unwrap();
+        let limits = crate::control::client_limits(&config);
+        let worker = Rc::new(Worker::new(Arc::new(Shared::new(table, limits))));
+        let conns = Rc::new(Conns {
+            drain: Drain::default(),
+            stop: Stop::default(),
+            active: observe::active_connections(),
+            parked: observe::parked_connections(),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let served = serve_client(stream, peer, &worker, Ticket::enter(&conns));
+        assert_eq!(conns.drain.live.get(), 1);
+        let size = std::mem::size_of_val(&served);
+        eprintln!("serve_client's future: {size} bytes");
+        assert!(size <= 160, "serve_client's future takes {size} bytes");
+        drop(served);
+        drop(client);
+        assert_eq!(conns.drain.live.get(), 0, "the ticket goes with the future");
     }
 }

@@ -10,9 +10,10 @@
 //!
 //! * saturation with wrk and with `scalestack bench` (closed model): RPS,
 //!   p50/p99, CPU per request of the proxy's process tree (utime + stime
-//!   from /proc over the run, divided by the requests served);
+//!   from /proc over the run, divided by the requests served), and that CPU
+//!   split into user and system (kernel) time per request;
 //! * a fixed rate with `scalestack bench` (open model, latency from each
-//!   request's due time): p50/p99 and CPU per request;
+//!   request's due time): p50/p99 and CPU per request, split likewise;
 //! * RSS of the proxy with 10,000 idle keep-alive clients (each sent one
 //!   request and keeps its connection open).
 //!
@@ -102,12 +103,12 @@ impl Server {
         self.child.id()
     }
 
-    fn cpu(&self) -> Duration {
+    /// CPU time of the proxy's process tree so far, user and kernel apart.
+    fn cpu(&self) -> CpuSplit {
         procfs::process_tree(self.pid())
             .into_iter()
-            .filter_map(|p| procfs::stat(p).ok())
-            .map(|s| s.cpu)
-            .sum()
+            .filter_map(CpuSplit::of_process)
+            .fold(CpuSplit::default(), CpuSplit::plus)
     }
 
     fn rss_bytes(&self) -> u64 {
@@ -141,6 +142,83 @@ impl Drop for Server {
     }
 }
 
+/// CPU time of processes, split into user time (`utime`) and system time
+/// (`stime`) from `/proc/<pid>/stat`. System time is the kernel working in
+/// the process's context: its system calls, the TCP stack on their behalf,
+/// and network softirq work that runs on its way out of the kernel (on
+/// loopback that includes part of the peer's receive path, which every proxy
+/// pays alike).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct CpuSplit {
+    user: Duration,
+    sys: Duration,
+}
+
+impl CpuSplit {
+    /// The split of one process, `None` if it is gone.
+    fn of_process(pid: u32) -> Option<CpuSplit> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Self::parse(&text, clock_ticks())
+    }
+
+    /// Parses the text of `/proc/<pid>/stat` with `ticks` clock ticks per second.
+    fn parse(text: &str, ticks: u64) -> Option<CpuSplit> {
+        // The command name (field 2) may contain spaces and parentheses:
+        // fields are counted from the last closing parenthesis, after which
+        // comes field 3; utime is field 14 and stime field 15.
+        let mut fields = text[text.rfind(')')? + 1..].split_whitespace().skip(11);
+        let mut next = || -> Option<Duration> {
+            let t = fields.next()?.parse::<u64>().ok()?;
+            Some(Duration::from_nanos(
+                t.saturating_mul(1_000_000_000) / ticks.max(1),
+            ))
+        };
+        let user = next()?;
+        let sys = next()?;
+        Some(CpuSplit { user, sys })
+    }
+
+    fn plus(self, other: CpuSplit) -> CpuSplit {
+        CpuSplit {
+            user: self.user + other.user,
+            sys: self.sys + other.sys,
+        }
+    }
+
+    /// What was spent since `before`.
+    fn since(self, before: CpuSplit) -> CpuSplit {
+        CpuSplit {
+            user: self.user.saturating_sub(before.user),
+            sys: self.sys.saturating_sub(before.sys),
+        }
+    }
+
+    fn total(self) -> Duration {
+        self.user + self.sys
+    }
+
+    /// Microseconds per request: (user, sys).
+    fn per_request(self, requests: f64) -> (f64, f64) {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / requests.max(1.0);
+        (per(self.user), per(self.sys))
+    }
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK`; 100, the
+/// value on every mainstream Linux, if that cannot be asked).
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .filter(|&t| t > 0)
+            .unwrap_or(100)
+    })
+}
+
 /// `GET /` on a fresh connection; the status.
 fn get_status(addr: SocketAddr) -> Result<u16> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
@@ -161,7 +239,12 @@ struct Sample {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU (user + system) µs per request.
     cpu_us: f64,
+    /// User CPU µs per request.
+    user_us: f64,
+    /// System (kernel) CPU µs per request.
+    sys_us: f64,
     errors: u64,
 }
 
@@ -424,7 +507,7 @@ fn wrk(proxy: &Server, connections: usize, seconds: u64) -> Result<Sample> {
         ])
         .output()
         .context("run wrk")?;
-    let cpu = proxy.cpu().saturating_sub(before);
+    let cpu = proxy.cpu().since(before);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
@@ -447,13 +530,16 @@ fn wrk(proxy: &Server, connections: usize, seconds: u64) -> Result<Sample> {
                 .filter_map(|n| n.parse::<u64>().ok())
         })
         .sum();
+    let (user_us, sys_us) = cpu.per_request(requests);
     Ok(Sample {
         rps: field("Requests/sec:")
             .and_then(|v| v.parse().ok())
             .unwrap_or(f64::NAN),
         p50_ms: field("50%").map_or(f64::NAN, |v| wrk_ms(&v)),
         p99_ms: field("99%").map_or(f64::NAN, |v| wrk_ms(&v)),
-        cpu_us: cpu.as_secs_f64() * 1e6 / requests.max(1.0),
+        cpu_us: cpu.total().as_secs_f64() * 1e6 / requests.max(1.0),
+        user_us,
+        sys_us,
         errors,
     })
 }
@@ -488,12 +574,19 @@ fn bench_rate(exe: &Path, dir: &Path, proxy: &Server, rate: f64, seconds: u64) -
 }
 
 /// One run of the release `scalestack bench` (one thread) against `proxy`,
-/// with the proxy's CPU measured.
+/// with the proxy's CPU measured: the total by the client over its run, the
+/// user/system split here around the client's process (which adds its
+/// connection set-up and tear-down, a few milliseconds of a run).
 fn bench(exe: &Path, dir: &Path, proxy: &Server, extra: &[&str], seconds: u64) -> Result<Sample> {
     let url = proxy.url();
     let mut load = vec!["--url", &url, "--threads", "1"];
     load.extend(extra);
+    let before = proxy.cpu();
     let report = report::release_bench(exe, dir, &load, seconds, Some(proxy.pid()))?;
+    let (user_us, sys_us) = proxy
+        .cpu()
+        .since(before)
+        .per_request(report.requests as f64);
     Ok(Sample {
         rps: report.rps,
         p50_ms: report.latency.p50_us as f64 / 1e3,
@@ -503,6 +596,8 @@ fn bench(exe: &Path, dir: &Path, proxy: &Server, extra: &[&str], seconds: u64) -
             .as_ref()
             .and_then(|c| c.us_per_request)
             .unwrap_or(f64::NAN),
+        user_us,
+        sys_us,
         errors: report.error_responses() + report.errors.total(),
     })
 }
@@ -595,6 +690,8 @@ fn median(samples: &[Sample]) -> Sample {
         p50_ms: mid(|s| s.p50_ms),
         p99_ms: mid(|s| s.p99_ms),
         cpu_us: mid(|s| s.cpu_us),
+        user_us: mid(|s| s.user_us),
+        sys_us: mid(|s| s.sys_us),
         errors: samples.iter().map(|s| s.errors).sum(),
     }
 }
@@ -690,22 +787,29 @@ fn render_speed(
     );
     let _ = writeln!(
         t,
-        "| proxy | wrk RPS | wrk p50 ms | wrk p99 ms | wrk CPU µs/req | bench RPS | bench p50 ms | bench p99 ms | bench CPU µs/req | errors |"
+        "| proxy | wrk RPS | wrk p50 ms | wrk p99 ms | wrk CPU µs/req | wrk user µs/req | wrk sys µs/req | bench RPS | bench p50 ms | bench p99 ms | bench CPU µs/req | bench user µs/req | bench sys µs/req | errors |"
     );
-    let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        t,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for (i, name) in names.iter().enumerate() {
         let (w, b) = (wrk[i], bench[i]);
         let _ = writeln!(
             t,
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.1} | {:.0} | {:.2} | {:.2} | {:.1} | {} |",
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {} |",
             w.rps,
             w.p50_ms,
             w.p99_ms,
             w.cpu_us,
+            w.user_us,
+            w.sys_us,
             b.rps,
             b.p50_ms,
             b.p99_ms,
             b.cpu_us,
+            b.user_us,
+            b.sys_us,
             w.errors + b.errors
         );
     }
@@ -715,16 +819,69 @@ fn render_speed(
     );
     let _ = writeln!(
         t,
-        "| proxy | achieved RPS | p50 ms | p99 ms | CPU µs/req | errors |"
+        "| proxy | achieved RPS | p50 ms | p99 ms | CPU µs/req | user µs/req | sys µs/req | errors |"
     );
-    let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for (i, name) in names.iter().enumerate() {
         let f = fixed[i];
         let _ = writeln!(
             t,
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.1} | {} |",
-            f.rps, f.p50_ms, f.p99_ms, f.cpu_us, f.errors
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {} |",
+            f.rps, f.p50_ms, f.p99_ms, f.cpu_us, f.user_us, f.sys_us, f.errors
         );
+    }
+    render_kernel_share(t, names, wrk, bench, fixed);
+}
+
+/// The kernel's share of each proxy's CPU per request, and what NGINX's
+/// kernel time means for the CPU target.
+fn render_kernel_share(
+    t: &mut String,
+    names: &[&str],
+    wrk: &[Sample],
+    bench: &[Sample],
+    fixed: &[Sample],
+) {
+    let share = |s: &Sample| 100.0 * s.sys_us / (s.user_us + s.sys_us);
+    let _ = writeln!(
+        t,
+        "\nKernel share of CPU per request (sys / (user + sys); wrk / bench / fixed rate):\n"
+    );
+    for (i, name) in names.iter().enumerate() {
+        let _ = writeln!(
+            t,
+            "- {name}: {:.0}% / {:.0}% / {:.0}% ({:.1} / {:.1} / {:.1} µs/req in the kernel)",
+            share(&wrk[i]),
+            share(&bench[i]),
+            share(&fixed[i]),
+            wrk[i].sys_us,
+            bench[i].sys_us,
+            fixed[i].sys_us
+        );
+    }
+    if let Some(n) = wrk.first() {
+        let target = 0.7 * n.cpu_us;
+        let _ = if target > n.sys_us {
+            writeln!(
+                t,
+                "- Bound (wrk): NGINX spends {:.1} µs/req in the kernel, mostly the loopback TCP \
+                 work that every proxy pays; 0.7× NGINX is {target:.1} µs/req, which leaves a \
+                 proxy with the same kernel time {:.1} µs/req of user time (NGINX uses {:.1}).",
+                n.sys_us,
+                target - n.sys_us,
+                n.user_us
+            )
+        } else {
+            writeln!(
+                t,
+                "- Bound (wrk): NGINX spends {:.1} µs/req in the kernel, mostly the loopback TCP \
+                 work that every proxy pays, and {:.1} µs/req in user space; 0.7× NGINX is \
+                 {target:.1} µs/req, below NGINX's kernel time alone: a proxy with NGINX's kernel \
+                 time per request cannot meet it even with no user time; only less kernel work \
+                 per request (fewer system calls, fewer and larger reads and writes) can.",
+                n.sys_us, n.user_us
+            )
+        };
     }
 }
 
@@ -777,7 +934,8 @@ fn append(args: &Args, report: &str) -> Result<()> {
          NGINX 1.22 (`proxy_pass`, upstream `keepalive 256`), HAProxy 2.6 (`http-reuse always`), \
          `scalestack gateway` (one pool, round robin). Clients: wrk (1 thread) and \
          `scalestack bench` (1 thread). CPU = utime + stime of the proxy's process tree over the \
-         run, divided by the requests served; every client and server shares the machine.\n\n\
+         run, divided by the requests served, and split into user and sys (kernel) time from \
+         `/proc/<pid>/stat`; every client and server shares the machine.\n\n\
          Command: `cargo xtask bench gateway --threads {} --connections {} --seconds {} --rounds {} --idle-clients {}`\n\n{report}",
         load.split_whitespace()
             .take(3)
@@ -803,6 +961,23 @@ mod tests {
         assert_eq!(wrk_ms("250.00us"), 0.25);
         assert_eq!(wrk_ms("2.00s"), 2000.0);
         assert!(wrk_ms("n/a").is_nan());
+    }
+
+    #[test]
+    fn cpu_splits_into_user_and_system_time() {
+        let line = "4242 (my (odd) cmd) S 1 4242 4242 0 -1 4194560 500 0 0 0 250 150 0 0 20 0 7 0 \
+                    100 2000000 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        let split = CpuSplit::parse(line, 100).unwrap();
+        assert_eq!(split.user, Duration::from_millis(2500));
+        assert_eq!(split.sys, Duration::from_millis(1500));
+        let later = CpuSplit {
+            user: Duration::from_millis(3500),
+            sys: Duration::from_millis(1600),
+        };
+        let spent = later.since(split);
+        assert_eq!(spent.total(), Duration::from_millis(1100));
+        assert_eq!(spent.per_request(100.0), (10_000.0, 1_000.0));
+        assert_eq!(CpuSplit::parse("4242 (cut", 100), None);
     }
 
     #[test]
