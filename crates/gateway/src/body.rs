@@ -21,45 +21,34 @@ use crate::codec::{BodyState, ParseError, Step};
 use crate::conn::{Connections, UpstreamConn};
 use crate::endpoint::InFlight;
 
-/// A request body on its way upstream.
+/// A request body as the proxy holds it and sends it upstream.
 #[derive(Debug)]
 pub(crate) enum RequestBody {
     /// No body.
     Empty,
-    /// A buffered body; `None` once sent.
-    Full(Option<Bytes>),
-    /// The client's body, streamed.
+    /// A buffered body (cheap to clone for a retry).
+    Full(Bytes),
+    /// The client's body, streamed through: never replayed.
     Stream(Incoming),
 }
 
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            Self::Empty => Poll::Ready(None),
-            Self::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Self::Stream(incoming) => Pin::new(incoming).poll_frame(cx),
+impl RequestBody {
+    /// The body of the first attempt. A streamed body moves into it: it is
+    /// never replayed once it went out (a connect failure hands it back
+    /// unread, for the next endpoint).
+    pub(crate) fn take_first(&mut self) -> RequestBody {
+        match self {
+            Self::Empty => Self::Empty,
+            Self::Full(bytes) => Self::Full(bytes.clone()),
+            Self::Stream(_) => std::mem::replace(self, Self::Empty),
         }
     }
 
-    fn is_end_stream(&self) -> bool {
+    /// The body of a replay (only buffered bodies are replayed).
+    pub(crate) fn again(&self) -> RequestBody {
         match self {
-            Self::Empty => true,
-            Self::Full(data) => data.is_none(),
-            Self::Stream(incoming) => incoming.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Empty => SizeHint::with_exact(0),
-            Self::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            Self::Stream(incoming) => incoming.size_hint(),
+            Self::Full(bytes) => Self::Full(bytes.clone()),
+            Self::Empty | Self::Stream(_) => Self::Empty,
         }
     }
 }

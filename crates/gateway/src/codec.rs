@@ -17,7 +17,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 
-use crate::headers::is_hop_by_hop;
+use crate::headers::{is_hop_by_hop, parse_length, tokens};
 
 /// The largest response head read from an upstream.
 pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -197,14 +197,6 @@ pub(crate) enum ParseError {
     Chunk,
 }
 
-/// The comma-separated tokens of a header value, trimmed.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-}
-
 /// Parses the response head at the start of `buf` for a request with
 /// `method`. `Ok(None)`: the head is not complete yet. On success the head's
 /// bytes are taken out of `buf`, which then starts with the body.
@@ -255,11 +247,7 @@ pub(crate) fn parse_response_head(
         for header in response.headers.iter() {
             let name = header.name;
             if name.eq_ignore_ascii_case("content-length") {
-                let value = std::str::from_utf8(header.value)
-                    .ok()
-                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or(ParseError::ContentLength)?;
+                let value = parse_length(header.value).ok_or(ParseError::ContentLength)?;
                 if length.is_some_and(|l| l != value) {
                     return Err(ParseError::ContentLength);
                 }

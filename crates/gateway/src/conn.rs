@@ -160,8 +160,8 @@ impl UpstreamConn {
         origin: Origin<'_>,
     ) -> Result<(), ExchangeError> {
         let framing = match &body {
-            RequestBody::Empty | RequestBody::Full(None) => RequestFraming::Empty,
-            RequestBody::Full(Some(bytes)) => RequestFraming::Length(bytes.len() as u64),
+            RequestBody::Empty => RequestFraming::Empty,
+            RequestBody::Full(bytes) => RequestFraming::Length(bytes.len() as u64),
             RequestBody::Stream(incoming) => match incoming.size_hint().exact() {
                 Some(len) => RequestFraming::Length(len),
                 None => RequestFraming::Chunked,
@@ -178,18 +178,15 @@ impl UpstreamConn {
             framing,
         );
         match body {
-            RequestBody::Full(Some(bytes)) if bytes.len() > INLINE_BODY => {
+            RequestBody::Full(bytes) if bytes.len() > INLINE_BODY => {
                 self.write_scratch().await?;
-                self.stream
-                    .write_all(&bytes)
-                    .await
-                    .map_err(ExchangeError::Write)?;
+                write(&mut self.stream, &bytes).await?;
             }
-            RequestBody::Full(Some(bytes)) => {
+            RequestBody::Full(bytes) => {
                 self.scratch.extend_from_slice(&bytes);
                 self.write_scratch().await?;
             }
-            RequestBody::Empty | RequestBody::Full(None) => self.write_scratch().await?,
+            RequestBody::Empty => self.write_scratch().await?,
             RequestBody::Stream(mut incoming) => {
                 self.write_scratch().await?;
                 let chunked = framing == RequestFraming::Chunked;
@@ -203,17 +200,11 @@ impl UpstreamConn {
                         codec::encode_chunk(&mut self.scratch, &data);
                         self.write_scratch().await?;
                     } else {
-                        self.stream
-                            .write_all(&data)
-                            .await
-                            .map_err(ExchangeError::Write)?;
+                        write(&mut self.stream, &data).await?;
                     }
                 }
                 if chunked {
-                    self.stream
-                        .write_all(codec::LAST_CHUNK)
-                        .await
-                        .map_err(ExchangeError::Write)?;
+                    write(&mut self.stream, codec::LAST_CHUNK).await?;
                 }
             }
         }
@@ -224,10 +215,7 @@ impl UpstreamConn {
     }
 
     async fn write_scratch(&mut self) -> Result<(), ExchangeError> {
-        self.stream
-            .write_all(&self.scratch)
-            .await
-            .map_err(ExchangeError::Write)
+        write(&mut self.stream, &self.scratch).await
     }
 
     async fn read_head(&mut self, method: &Method) -> Result<ResponseHead, ExchangeError> {
@@ -244,6 +232,11 @@ impl UpstreamConn {
             }
         }
     }
+}
+
+/// Writes all of `bytes` to an upstream.
+async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), ExchangeError> {
+    stream.write_all(bytes).await.map_err(ExchangeError::Write)
 }
 
 #[derive(Debug)]

@@ -38,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::Reject;
+use crate::headers::parse_length;
 
 /// Longest chunk-size line (with extensions) or trailer line accepted.
 const MAX_LINE: usize = 4096;
@@ -751,14 +752,6 @@ fn check_head(head: &[u8], max_headers: usize) -> Result<State, Reject> {
         Some(n) if n > 0 => State::Body(n),
         _ => State::Head,
     })
-}
-
-/// A Content-Length value: digits only (no sign, space or list), at most 18.
-fn parse_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 fn last_token_is_chunked(value: &[u8]) -> bool {

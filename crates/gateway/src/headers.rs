@@ -113,22 +113,33 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
     if bytes.eq_ignore_ascii_case(b"keep-alive") || bytes.eq_ignore_ascii_case(b"close") {
         return;
     }
-    let Ok(list) = connection.to_str() else {
-        return;
-    };
-    for token in list.split(',').map(str::trim) {
+    for token in tokens(bytes) {
         // The two common tokens are options, not header names; skipping them
         // saves building a header name for nearly every request.
-        if token.is_empty()
-            || token.eq_ignore_ascii_case("keep-alive")
-            || token.eq_ignore_ascii_case("close")
-        {
+        if token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close") {
             continue;
         }
-        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+        if let Ok(name) = HeaderName::from_bytes(token) {
             headers.remove(name);
         }
     }
+}
+
+/// A Content-Length value: digits only (no sign, space or list), at most
+/// 18 of them; requests (the guard) and responses (the codec) alike.
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// The comma-separated tokens of a header value, trimmed, empty ones left out.
+pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]

@@ -301,14 +301,14 @@ impl Client {
         // The body: nothing, buffered (so that it can be replayed), or
         // streamed when it is longer than the pool keeps for replay.
         let body = if body.is_end_stream() {
-            Prepared::Empty
+            RequestBody::Empty
         } else if declared.is_some_and(|len| len > pool.retry.max_replay_body) {
-            Prepared::Stream(body)
+            RequestBody::Stream(body)
         } else {
             first_start = None;
             match read_body(body, table.max_request_body).await {
-                Ok(bytes) if bytes.is_empty() => Prepared::Empty,
-                Ok(bytes) => Prepared::Buffered(bytes),
+                Ok(bytes) if bytes.is_empty() => RequestBody::Empty,
+                Ok(bytes) => RequestBody::Full(bytes),
                 Err(reject) => return Outcome::reject(reject),
             }
         };
@@ -317,13 +317,9 @@ impl Client {
         // Hop-by-hop headers go, and so does `Expect`: the body is the
         // gateway's to send now (hyper answered any `100 Continue` when it was
         // read), so the upstream must not wait for it.
+        // A chunked body that was buffered goes with a length, which the
+        // encoder writes (`codec::RequestFraming`).
         prepare_request(headers);
-        if let Prepared::Buffered(bytes) = &body {
-            // A chunked body was buffered and is now sent with a length.
-            if !headers.contains_key(CONTENT_LENGTH) {
-                headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-            }
-        }
         if parts.uri.scheme().is_some() {
             // An absolute-form target (`GET http://host/path`) goes upstream
             // in origin form.
@@ -421,7 +417,7 @@ impl Client {
         &self,
         pool: &Pool,
         parts: http::request::Parts,
-        mut body: Prepared,
+        mut body: RequestBody,
         hash: Option<u64>,
         mut first_start: Option<Instant>,
     ) -> Outcome {
@@ -430,7 +426,7 @@ impl Client {
         let retries_enabled = pool.retry.attempts > 0;
         // The head stays here for every attempt; a body can go out again
         // unless it was streamed through.
-        let replayable = replayable_method && !matches!(body, Prepared::Stream(_));
+        let replayable = replayable_method && !matches!(body, RequestBody::Stream(_));
         // A retry also takes another endpoint to send it to.
         let may_retry = retries_enabled && replayable && pool.endpoints.len() > 1;
         if retries_enabled {
@@ -678,37 +674,6 @@ impl Client {
 /// The rate-limit verdict of a request.
 struct LimitVerdict {
     decision: Decision,
-}
-
-/// The request body as the proxy holds it.
-enum Prepared {
-    Empty,
-    Buffered(Bytes),
-    Stream(Incoming),
-}
-
-impl Prepared {
-    /// The body of the first attempt. A streamed body moves into it: it is
-    /// never replayed once it went out (a connect failure hands it back
-    /// unread, for the next endpoint).
-    fn take_first(&mut self) -> RequestBody {
-        match self {
-            Prepared::Empty => RequestBody::Empty,
-            Prepared::Buffered(bytes) => RequestBody::Full(Some(bytes.clone())),
-            Prepared::Stream(_) => match std::mem::replace(self, Prepared::Empty) {
-                Prepared::Stream(incoming) => RequestBody::Stream(incoming),
-                _ => RequestBody::Empty,
-            },
-        }
-    }
-
-    /// The body of a replay (only buffered bodies are replayed).
-    fn again(&self) -> RequestBody {
-        match self {
-            Prepared::Buffered(bytes) => RequestBody::Full(Some(bytes.clone())),
-            Prepared::Empty | Prepared::Stream(_) => RequestBody::Empty,
-        }
-    }
 }
 
 async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, Reject> {

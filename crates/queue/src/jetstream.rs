@@ -13,9 +13,10 @@
 //!   at a CPU cost as high as its delivery. Storage therefore holds settled
 //!   messages up to a second longer, and an unsettled message (one waiting
 //!   for a retry, say) keeps every message published after it, in any
-//!   partition, until it is settled or `queue.retention` expires them. Streams created by older versions with interest retention
-//!   keep it (the server cannot change a stream's retention); the clean-up
-//!   is harmless there;
+//!   partition, until it is settled or `queue.retention` expires them.
+//!   Streams created by older versions with interest retention keep it (the
+//!   server cannot change a stream's retention); the clean-up is harmless
+//!   there;
 //! - partition `n` is subject `P.T.p.n`; group `G` reads it through the durable
 //!   pull consumer `G-pn`. One process never holds two batches of a partition
 //!   (it skips consumers whose batch is unsettled), and the consumer's
@@ -255,12 +256,7 @@ impl JetStreamQueue {
     /// settled or the retention age removes them.
     pub async fn clean_up(&self, topic: &str) -> Result<u64, QueueError> {
         validate_name("topic", topic)?;
-        let stream = self
-            .inner
-            .js
-            .get_stream_no_info(self.stream_name(topic))
-            .await
-            .map_err(|e| QueueError::nats("read stream", e))?;
+        let stream = self.topic_stream(topic).await?;
         let state = stream
             .get_info()
             .await
@@ -334,6 +330,15 @@ impl JetStreamQueue {
         tokio::spawn(clean_up_loop(Arc::downgrade(&self.inner), topic.to_owned()));
     }
 
+    /// The stream of `topic`, without asking the server for its info.
+    async fn topic_stream(&self, topic: &str) -> Result<stream::Stream<()>, QueueError> {
+        self.inner
+            .js
+            .get_stream_no_info(self.stream_name(topic))
+            .await
+            .map_err(|e| QueueError::nats("read stream", e))
+    }
+
     fn stream_name(&self, topic: &str) -> String {
         format!("{}_{topic}", self.prefix())
     }
@@ -400,12 +405,7 @@ impl JetStreamQueue {
             return Ok(sources.clone());
         }
         let partitions = self.partitions(topic).await?;
-        let stream = self
-            .inner
-            .js
-            .get_stream_no_info(self.stream_name(topic))
-            .await
-            .map_err(|e| QueueError::nats("read stream", e))?;
+        let stream = self.topic_stream(topic).await?;
         let mut sources = Vec::with_capacity(partitions as usize + 1);
         let names = (0..partitions)
             .map(|p| (format!("{group}-p{p}"), Some(p)))
@@ -490,12 +490,7 @@ impl JetStreamQueue {
     /// messages (see [`Backend::prepare_group`]).
     async fn set_window(&self, topic: &str, group: &str, window: usize) -> Result<(), QueueError> {
         let sources = self.sources(topic, group).await?;
-        let stream = self
-            .inner
-            .js
-            .get_stream_no_info(self.stream_name(topic))
-            .await
-            .map_err(|e| QueueError::nats("read stream", e))?;
+        let stream = self.topic_stream(topic).await?;
         let mut changed = false;
         for source in sources.iter() {
             let info = source.consumer.cached_info();
@@ -701,12 +696,7 @@ impl JetStreamQueue {
     }
 
     fn nats_message(delivery: &Delivery) -> Result<&jetstream::Message, QueueError> {
-        match &delivery.token {
-            Token::Nats(token) => Ok(&token.message),
-            Token::Embedded(_) => Err(QueueError::InvalidArgument(
-                "an embedded delivery cannot be settled on JetStream".into(),
-            )),
-        }
+        Self::nats_token(delivery).map(|token| &token.message)
     }
 
     /// A delivery from a JetStream message of `source`.

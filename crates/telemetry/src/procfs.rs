@@ -10,6 +10,11 @@ use std::time::Duration;
 pub struct ProcStat {
     /// User plus system CPU time consumed so far.
     pub cpu: Duration,
+    /// The user-space part of `cpu` (`utime`).
+    pub user: Duration,
+    /// The kernel part of `cpu` (`stime`): the process's system calls and
+    /// the network work the kernel does on their behalf.
+    pub sys: Duration,
     /// Resident set size in bytes.
     pub rss_bytes: u64,
     /// Number of threads.
@@ -58,8 +63,11 @@ fn parse_stat(text: &str) -> Option<ProcStat> {
     let ticks = rustix::param::clock_ticks_per_second();
     let ticks_to_duration =
         |t: u64| Duration::from_nanos(t.saturating_mul(1_000_000_000) / ticks.max(1));
+    let (user, sys) = (ticks_to_duration(field(14)?), ticks_to_duration(field(15)?));
     Some(ProcStat {
-        cpu: ticks_to_duration(field(14)? + field(15)?),
+        cpu: user + sys,
+        user,
+        sys,
         threads: field(20)?,
         rss_bytes: field(24)?.saturating_mul(rustix::param::page_size() as u64),
     })
@@ -105,6 +113,9 @@ mod tests {
         let stat = parse_stat(line).unwrap();
         let ticks = rustix::param::clock_ticks_per_second();
         assert_eq!(stat.cpu, Duration::from_nanos(400 * 1_000_000_000 / ticks));
+        assert_eq!(stat.user, Duration::from_nanos(250 * 1_000_000_000 / ticks));
+        assert_eq!(stat.sys, Duration::from_nanos(150 * 1_000_000_000 / ticks));
+        assert_eq!(parse_stat("4242 (cut"), None);
         assert_eq!(stat.threads, 7);
         assert_eq!(stat.rss_bytes, 300 * rustix::param::page_size() as u64);
     }

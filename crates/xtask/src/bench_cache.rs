@@ -329,19 +329,7 @@ async fn through_gateway(
     let stack = Stack::start(exe, config, dir, &[])
         .await
         .map_err(anyhow::Error::msg)?;
-    let url = format!("{}/users/{{id}}", stack.gateway_url());
-    let keys = format!("1..{}", args.users);
-    let connections = args.connections.to_string();
-    let load = [
-        "--url",
-        &url,
-        "--keys",
-        &keys,
-        "--dist",
-        "zipf:1.1",
-        "--connections",
-        &connections,
-    ];
+    let load = report::user_reads(&stack.gateway_url(), args.users, args.connections);
     let result = async {
         eprintln!("xtask: warming up for {} s", args.warmup);
         report::release_bench(exe, dir, &load, args.warmup, None)?;

@@ -107,7 +107,11 @@ impl Server {
     fn cpu(&self) -> CpuSplit {
         procfs::process_tree(self.pid())
             .into_iter()
-            .filter_map(CpuSplit::of_process)
+            .filter_map(|p| procfs::stat(p).ok())
+            .map(|s| CpuSplit {
+                user: s.user,
+                sys: s.sys,
+            })
             .fold(CpuSplit::default(), CpuSplit::plus)
     }
 
@@ -143,7 +147,7 @@ impl Drop for Server {
 }
 
 /// CPU time of processes, split into user time (`utime`) and system time
-/// (`stime`) from `/proc/<pid>/stat`. System time is the kernel working in
+/// (`stime`) as `procfs::stat` reads them. System time is the kernel working in
 /// the process's context: its system calls, the TCP stack on their behalf,
 /// and network softirq work that runs on its way out of the kernel (on
 /// loopback that includes part of the peer's receive path, which every proxy
@@ -155,29 +159,6 @@ struct CpuSplit {
 }
 
 impl CpuSplit {
-    /// The split of one process, `None` if it is gone.
-    fn of_process(pid: u32) -> Option<CpuSplit> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        Self::parse(&text, clock_ticks())
-    }
-
-    /// Parses the text of `/proc/<pid>/stat` with `ticks` clock ticks per second.
-    fn parse(text: &str, ticks: u64) -> Option<CpuSplit> {
-        // The command name (field 2) may contain spaces and parentheses:
-        // fields are counted from the last closing parenthesis, after which
-        // comes field 3; utime is field 14 and stime field 15.
-        let mut fields = text[text.rfind(')')? + 1..].split_whitespace().skip(11);
-        let mut next = || -> Option<Duration> {
-            let t = fields.next()?.parse::<u64>().ok()?;
-            Some(Duration::from_nanos(
-                t.saturating_mul(1_000_000_000) / ticks.max(1),
-            ))
-        };
-        let user = next()?;
-        let sys = next()?;
-        Some(CpuSplit { user, sys })
-    }
-
     fn plus(self, other: CpuSplit) -> CpuSplit {
         CpuSplit {
             user: self.user + other.user,
@@ -202,21 +183,6 @@ impl CpuSplit {
         let per = |d: Duration| d.as_secs_f64() * 1e6 / requests.max(1.0);
         (per(self.user), per(self.sys))
     }
-}
-
-/// Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK`; 100, the
-/// value on every mainstream Linux, if that cannot be asked).
-fn clock_ticks() -> u64 {
-    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .filter(|&t| t > 0)
-            .unwrap_or(100)
-    })
 }
 
 /// `GET /` on a fresh connection; the status.
@@ -965,11 +931,10 @@ mod tests {
 
     #[test]
     fn cpu_splits_into_user_and_system_time() {
-        let line = "4242 (my (odd) cmd) S 1 4242 4242 0 -1 4194560 500 0 0 0 250 150 0 0 20 0 7 0 \
-                    100 2000000 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
-        let split = CpuSplit::parse(line, 100).unwrap();
-        assert_eq!(split.user, Duration::from_millis(2500));
-        assert_eq!(split.sys, Duration::from_millis(1500));
+        let split = CpuSplit {
+            user: Duration::from_millis(2500),
+            sys: Duration::from_millis(1500),
+        };
         let later = CpuSplit {
             user: Duration::from_millis(3500),
             sys: Duration::from_millis(1600),
@@ -977,7 +942,6 @@ mod tests {
         let spent = later.since(split);
         assert_eq!(spent.total(), Duration::from_millis(1100));
         assert_eq!(spent.per_request(100.0), (10_000.0, 1_000.0));
-        assert_eq!(CpuSplit::parse("4242 (cut", 100), None);
     }
 
     #[test]

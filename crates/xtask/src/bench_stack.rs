@@ -93,20 +93,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         .block_on(Stack::start(&exe, config, dir.path(), &[]))
         .map_err(anyhow::Error::msg)?;
     let pid = stack.pid();
-    let url = format!("{}/users/{{id}}", stack.gateway_url());
-    let keys = format!("1..{}", args.users);
-
-    let connections = args.connections.to_string();
-    let load = [
-        "--url",
-        &url,
-        "--keys",
-        &keys,
-        "--dist",
-        "zipf:1.1",
-        "--connections",
-        &connections,
-    ];
+    let load = report::user_reads(&stack.gateway_url(), args.users, args.connections);
     let bench = |seconds: u64, measure: bool| -> Result<BenchReport> {
         report::release_bench(&exe, dir.path(), &load, seconds, measure.then_some(pid))
     };

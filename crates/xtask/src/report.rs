@@ -40,6 +40,23 @@ pub(crate) fn append(section: &str) -> Result<()> {
     Ok(())
 }
 
+/// The load of the stack benchmarks: `GET {gateway}/users/{id}` over ids
+/// `1..=users`, Zipf-distributed (a few hot users, a long tail), on
+/// `connections` connections; arguments of [`release_bench`].
+pub(crate) fn user_reads(gateway: &str, users: u64, connections: usize) -> Vec<String> {
+    [
+        "--url".to_owned(),
+        format!("{gateway}/users/{{id}}"),
+        "--keys".to_owned(),
+        format!("1..{users}"),
+        "--dist".to_owned(),
+        "zipf:1.1".to_owned(),
+        "--connections".to_owned(),
+        connections.to_string(),
+    ]
+    .into()
+}
+
 /// Drives load with the release `scalestack bench` (`exe`): `args` name the
 /// target and the load, `seconds` the duration; with `cpu_pid`, that process
 /// tree's CPU time per request is measured. Returns the JSON report, which
@@ -48,10 +65,10 @@ pub(crate) fn append(section: &str) -> Result<()> {
 /// The release binary, not `scalestack_bench::run` in this process: xtask is
 /// built in the dev profile, where workspace crates are not optimised, and
 /// an unoptimised generator would measure itself.
-pub(crate) fn release_bench(
+pub(crate) fn release_bench<S: AsRef<std::ffi::OsStr>>(
     exe: &Path,
     dir: &Path,
-    args: &[&str],
+    args: &[S],
     seconds: u64,
     cpu_pid: Option<u32>,
 ) -> Result<BenchReport> {

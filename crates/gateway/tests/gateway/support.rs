@@ -666,6 +666,15 @@ fn parse_raw(bytes: &[u8]) -> RawReply {
     }
 }
 
+/// The `Content-Length` of a message head given as text, if it has one.
+pub(crate) fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
 /// One keep-alive connection that sends requests one after another, so
 /// that a test can tell whether the gateway ever dropped it.
 pub(crate) struct KeepAlive {
@@ -697,13 +706,7 @@ impl KeepAlive {
                     .nth(1)
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(|| format!("bad head {head:?}"))?;
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        let (name, value) = l.split_once(':')?;
-                        name.eq_ignore_ascii_case("content-length")
-                            .then(|| value.trim().parse().ok())?
-                    })
+                let length = content_length(&head)
                     .ok_or_else(|| format!("no content-length in {head:?}"))?;
                 let total = end + 4 + length;
                 if self.buffer.len() >= total {

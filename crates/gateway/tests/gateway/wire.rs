@@ -85,14 +85,7 @@ async fn serve(mut stream: TcpStream, script: fn(&str, &str) -> (Vec<u8>, After)
             }
         };
         let head = String::from_utf8_lossy(&seen[..end]).into_owned();
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse().ok())?
-            })
-            .unwrap_or(0);
+        let length = content_length(&head).unwrap_or(0);
         while seen.len() < end + 4 + length {
             match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
