@@ -46,6 +46,12 @@ pub(crate) const EJECTIONS: &str = "scalestack_gateway_ejections_total";
 pub(crate) const ACTIVE_CONNECTIONS: &str = "scalestack_gateway_active_connections";
 /// Gauge of client connections parked while idle (no HTTP session buffers).
 pub(crate) const PARKED_CONNECTIONS: &str = "scalestack_gateway_parked_connections";
+/// Counter of HTTP sessions started on client connections: one per
+/// connection, plus one each time a parked connection is woken.
+pub(crate) const CLIENT_SESSIONS: &str = "scalestack_gateway_client_sessions_total";
+/// Gauge of client connections kept warm: returning soon after they were
+/// parked, they are parked after a longer idle time.
+pub(crate) const WARM_CONNECTIONS: &str = "scalestack_gateway_warm_connections";
 /// Counter of active health checks, by `pool`, `endpoint` and `result` (`ok`, `fail`).
 pub(crate) const HEALTH_CHECKS: &str = "scalestack_gateway_health_checks_total";
 /// Counter of requests refused by a rate limit, by `route` and `tier`.
@@ -118,6 +124,14 @@ pub(crate) fn describe() {
     describe_gauge!(
         PARKED_CONNECTIONS,
         "Idle keep-alive client connections parked without HTTP session buffers."
+    );
+    describe_counter!(
+        CLIENT_SESSIONS,
+        "HTTP sessions started on client connections (one per connection and one per wake from parking)."
+    );
+    describe_gauge!(
+        WARM_CONNECTIONS,
+        "Client connections kept warm: they came back soon after parking and are parked after a longer idle time."
     );
     describe_counter!(
         HEALTH_CHECKS,
@@ -455,6 +469,16 @@ pub(crate) fn active_connections() -> Gauge {
 /// The gauge of parked client connections.
 pub(crate) fn parked_connections() -> Gauge {
     metrics::gauge!(PARKED_CONNECTIONS)
+}
+
+/// The counter of HTTP sessions started on client connections.
+pub(crate) fn client_sessions() -> Counter {
+    metrics::counter!(CLIENT_SESSIONS)
+}
+
+/// The gauge of warm client connections.
+pub(crate) fn warm_connections() -> Gauge {
+    metrics::gauge!(WARM_CONNECTIONS)
 }
 
 #[cfg(test)]

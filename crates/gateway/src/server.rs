@@ -30,7 +30,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
 use crate::body::{ResponseBody, ResponseBodyError};
-use crate::guard::{GuardShared, Guarded, GuardedIo, Limits, PARK_AFTER};
+use crate::guard::{
+    GuardShared, Guarded, GuardedIo, Limits, PARK_AFTER, WARM_CONNECTIONS, WARM_PARK_AFTER,
+    WARM_WITHIN,
+};
 use crate::observe::{self, ConnectionGuard, RouteMetrics};
 use crate::proxy::{Client, Worker};
 use crate::table::Table;
@@ -176,12 +179,7 @@ async fn run_worker(
     };
     let worker = Rc::new(Worker::new(shared));
     tokio::task::spawn_local(sweep(Rc::clone(&worker)));
-    let conns = Rc::new(Conns {
-        drain: Drain::default(),
-        stop: Stop::default(),
-        active: observe::active_connections(),
-        parked: observe::parked_connections(),
-    });
+    let conns = Rc::new(Conns::new());
     loop {
         tokio::select! {
             changed = shutdown.changed() => {
@@ -230,6 +228,43 @@ struct Conns {
     active: metrics::Gauge,
     /// Parked client connections.
     parked: metrics::Gauge,
+    /// HTTP sessions started.
+    sessions: metrics::Counter,
+    /// Warm connections of this worker (see [`WARM_CONNECTIONS`]).
+    warm: std::cell::Cell<usize>,
+    /// Warm client connections, all workers.
+    warm_gauge: metrics::Gauge,
+}
+
+impl Conns {
+    fn new() -> Self {
+        Self {
+            drain: Drain::default(),
+            stop: Stop::default(),
+            active: observe::active_connections(),
+            parked: observe::parked_connections(),
+            sessions: observe::client_sessions(),
+            warm: std::cell::Cell::new(0),
+            warm_gauge: observe::warm_connections(),
+        }
+    }
+
+    /// Takes a warm slot if one is free.
+    fn warm_up(&self) -> bool {
+        let warm = self.warm.get();
+        if warm >= WARM_CONNECTIONS {
+            return false;
+        }
+        self.warm.set(warm + 1);
+        self.warm_gauge.increment(1.0);
+        true
+    }
+
+    /// Gives a warm slot back.
+    fn cool_down(&self) {
+        self.warm.set(self.warm.get() - 1);
+        self.warm_gauge.decrement(1.0);
+    }
 }
 
 /// The connections of one worker, counted so that shutdown can wait for them.
@@ -303,8 +338,9 @@ async fn sweep(worker: Rc<Worker>) {
 #[derive(Default)]
 struct Stop {
     raised: std::cell::Cell<bool>,
-    next: std::cell::Cell<u64>,
-    waiting: RefCell<std::collections::HashMap<u64, std::task::Waker>>,
+    /// Wakers of the sessions waiting, keyed by slot: registering and
+    /// leaving cost no hashing.
+    waiting: RefCell<slab::Slab<std::task::Waker>>,
 }
 
 impl Stop {
@@ -312,7 +348,7 @@ impl Stop {
     fn raise(&self) {
         self.raised.set(true);
         let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
-        for waker in waiting.into_values() {
+        for (_, waker) in waiting {
             waker.wake();
         }
     }
@@ -329,7 +365,7 @@ impl Stop {
 /// A session's wait for [`Stop`]; it deregisters when dropped.
 struct StopWait<'a> {
     stop: &'a Stop,
-    id: Option<u64>,
+    id: Option<usize>,
 }
 
 impl Future for StopWait<'_> {
@@ -342,12 +378,7 @@ impl Future for StopWait<'_> {
         if self.id.is_none() {
             // A session is polled by its connection's task only, whose
             // waker stays the same: registering it once is enough.
-            let id = self.stop.next.get();
-            self.stop.next.set(id + 1);
-            self.stop
-                .waiting
-                .borrow_mut()
-                .insert(id, cx.waker().clone());
+            let id = self.stop.waiting.borrow_mut().insert(cx.waker().clone());
             self.id = Some(id);
         }
         Poll::Pending
@@ -357,7 +388,8 @@ impl Future for StopWait<'_> {
 impl Drop for StopWait<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.id {
-            self.stop.waiting.borrow_mut().remove(&id);
+            // `raise` may have taken every waker already.
+            self.stop.waiting.borrow_mut().try_remove(id);
         }
     }
 }
@@ -394,10 +426,13 @@ fn serve_client(
     ));
     async move {
         let conns = &ticket.conns;
+        // Whether this connection holds one of the worker's warm slots.
+        let mut warm = false;
         loop {
             if conns.stop.raised.get() {
                 break;
             }
+            conns.sessions.increment(1);
             // Boxed, so that a parked connection's task keeps no room for
             // it; hyper's settings are a temporary, gone before the first await.
             let limits = io.borrow().limits();
@@ -437,6 +472,12 @@ fn serve_client(
             if !io.borrow().is_parking() || conns.stop.raised.get() {
                 break;
             }
+            if warm {
+                // Idle past the longer delay: no longer a busy client.
+                warm = false;
+                conns.cool_down();
+                io.borrow_mut().set_park_after(PARK_AFTER);
+            }
             client.release_idle_state();
             conns.parked.increment(1.0);
             // Parked: until the client sends, the header read timeout runs
@@ -460,7 +501,17 @@ fn serve_client(
             if !woke {
                 break;
             }
-            io.borrow_mut().unpark();
+            let mut guarded = io.borrow_mut();
+            guarded.unpark();
+            // Back soon after going idle: a busy client pausing between
+            // requests, which would otherwise pay for a session each time.
+            if guarded.idle_for() < WARM_WITHIN && conns.warm_up() {
+                warm = true;
+                guarded.set_park_after(WARM_PARK_AFTER);
+            }
+        }
+        if warm {
+            conns.cool_down();
         }
         drop(ticket);
     }
@@ -554,12 +605,7 @@ mod tests {
         let table = Table::build(&config, None).unwrap();
         let limits = crate::control::client_limits(&config);
         let worker = Rc::new(Worker::new(Arc::new(Shared::new(table, limits))));
-        let conns = Rc::new(Conns {
-            drain: Drain::default(),
-            stop: Stop::default(),
-            active: observe::active_connections(),
-            parked: observe::parked_connections(),
-        });
+        let conns = Rc::new(Conns::new());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
@@ -573,5 +619,91 @@ mod tests {
         drop(served);
         drop(client);
         assert_eq!(conns.drain.live.get(), 0, "the ticket goes with the future");
+    }
+
+    /// Sends one request on `client` and reads its whole response.
+    async fn exchange(client: &mut TcpStream) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        loop {
+            let mut buf = [0u8; 4096];
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the gateway closed the connection");
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                if got.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+        }
+    }
+
+    /// A client that comes back soon after being parked takes a warm slot
+    /// and keeps its session over longer pauses; one idle past the longer
+    /// delay gives the slot back, and one that comes back late gets none.
+    #[tokio::test]
+    async fn a_client_back_soon_after_parking_is_kept_warm() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let mut config = scalestack_config::GatewayConfig::default();
+                config.pools[0].endpoints = vec!["127.0.0.1:1".into()];
+                let table = Table::build(&config, None).unwrap();
+                let limits = crate::control::client_limits(&config);
+                let worker = Rc::new(Worker::new(Arc::new(Shared::new(table, limits))));
+                let conns = Rc::new(Conns::new());
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let mut client = TcpStream::connect(listener.local_addr().unwrap())
+                    .await
+                    .unwrap();
+                let (stream, peer) = listener.accept().await.unwrap();
+                tokio::task::spawn_local(serve_client(
+                    stream,
+                    peer,
+                    &worker,
+                    Ticket::enter(&conns),
+                ));
+                let pause = PARK_AFTER * 6;
+                assert!(exchange(&mut client).await.starts_with("HTTP/1.1 "));
+                assert_eq!(conns.warm.get(), 0, "a new connection is not warm");
+                tokio::time::sleep(pause).await;
+                exchange(&mut client).await;
+                assert_eq!(conns.warm.get(), 1, "back {pause:?} after going idle");
+                // Warm: the same pause no longer parks it.
+                tokio::time::sleep(pause).await;
+                assert_eq!(conns.warm.get(), 1, "parked within the warm delay");
+                exchange(&mut client).await;
+                // Idle past the warm delay: parked, and the slot given back.
+                tokio::time::sleep(WARM_PARK_AFTER + pause).await;
+                assert_eq!(conns.warm.get(), 0, "idle past the warm delay");
+                exchange(&mut client).await;
+                assert_eq!(conns.warm.get(), 0, "back too late to be warm");
+                drop(client);
+                tokio::time::timeout(Duration::from_secs(5), conns.drain.wait())
+                    .await
+                    .expect("the connection ends with its client");
+            })
+            .await;
+    }
+
+    /// Warm slots are bounded per worker.
+    #[test]
+    fn warm_slots_run_out() {
+        let conns = Conns::new();
+        for _ in 0..WARM_CONNECTIONS {
+            assert!(conns.warm_up());
+        }
+        assert!(!conns.warm_up(), "one slot more than the bound");
+        conns.cool_down();
+        assert!(conns.warm_up(), "a slot given back is free again");
     }
 }
