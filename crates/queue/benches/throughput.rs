@@ -2,20 +2,26 @@
 //! queue` (which starts the nats-server and renders the table); built with the
 //! bench profile so that the measured code is optimised.
 //!
-//! Four rows, each publishing `--messages` messages of `--payload` bytes and
-//! then consuming and acknowledging all of them:
+//! Five rows by default (`--rows` picks others), each publishing
+//! `--messages` messages of `--payload` bytes and then consuming and
+//! acknowledging all of them:
 //!
-//! - `raw async-nats`: the client used directly on one stream and one durable
-//!   pull consumer (publish acks awaited in windows, a pulling message stream,
-//!   one ack per message): the anchor;
-//! - `raw async-nats + message ids`: the same with a `Nats-Msg-Id` header on
-//!   every publish, which the scalestack backend sends for duplicate
-//!   detection: it shows what that feature costs on the server;
-//! - `scalestack nats`: the JetStream backend through the worker runtime; its
+//! - `raw async-nats` (`raw`): the client used directly on one stream and one
+//!   durable pull consumer (publish acks awaited in windows, a pulling message
+//!   stream, one ack per message): the anchor;
+//! - `raw async-nats + message ids` (`raw-ids`): the same with a
+//!   `Nats-Msg-Id` header on every publish: what the server's duplicate
+//!   detection costs; `raw-key` and `raw-key-ids` add a header the server
+//!   does not interpret, to tell the cost of headers from that of ids;
+//! - `scalestack nats` (`nats`): the JetStream backend through the worker
+//!   runtime, with its defaults (no duplicate detection on publish); its
 //!   topic stream has the same (limits) retention as the raw stream, and its
 //!   CPU is measured until the backend's clean-up has deleted every settled
 //!   message (the consume rate stops, like the raw rows', at the last ack);
-//! - `scalestack embedded`: the SQLite backend through the worker runtime.
+//! - `scalestack nats, dedupe on publish` (`nats-dedupe`): the same with
+//!   `queue.nats.dedupe_on_publish`;
+//! - `scalestack embedded` (`embedded`): the SQLite backend through the
+//!   worker runtime.
 //!
 //! Each row prints one JSON line; CPU is this process's plus, for the NATS
 //! rows, the server's (utime + stime from /proc) per message, in all and
@@ -64,7 +70,7 @@ fn parse() -> Result<Args, Error> {
         partitions: 8,
         concurrency: 8,
         window: 1_000,
-        rows: ["raw", "raw-ids", "nats", "embedded"]
+        rows: ["raw", "raw-ids", "nats", "nats-dedupe", "embedded"]
             .map(String::from)
             .to_vec(),
         repeat: 1,
@@ -177,9 +183,21 @@ fn messages(args: &Args) -> Vec<Message> {
         .collect()
 }
 
-/// The raw client; with `ids`, every publish carries a `Nats-Msg-Id` header
-/// as the scalestack backend's do, which makes the server track duplicates.
-async fn raw(args: &Args, ids: bool) -> Result<Row, Error> {
+/// Headers the raw client sends with each publish.
+#[derive(Clone, Copy, PartialEq)]
+enum RawHeaders {
+    /// None: a plain `PUB`.
+    None,
+    /// A `Nats-Msg-Id`, which makes the server track duplicates.
+    Ids,
+    /// One header the server does not interpret (as a partition key).
+    Key,
+    /// Both.
+    KeyAndIds,
+}
+
+/// The raw client, publishing with `headers`.
+async fn raw(args: &Args, headers_of: RawHeaders) -> Result<Row, Error> {
     let client = async_nats::connect(&args.nats_url).await?;
     let js = jetstream::new(client.clone());
     let mut stream = js
@@ -205,13 +223,18 @@ async fn raw(args: &Args, ids: bool) -> Result<Row, Error> {
         let mut acks = Vec::with_capacity(n);
         for i in 0..n {
             let subject = format!("raw.{}", (sent + i) % args.partitions as usize);
-            let ack = if ids {
+            let ack = if headers_of == RawHeaders::None {
+                js.publish(subject, body.clone()).await?
+            } else {
                 let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", format!("m{}", sent + i).as_str());
+                if matches!(headers_of, RawHeaders::Key | RawHeaders::KeyAndIds) {
+                    headers.insert("Scalestack-Key", format!("k{}", (sent + i) % 1000).as_str());
+                }
+                if matches!(headers_of, RawHeaders::Ids | RawHeaders::KeyAndIds) {
+                    headers.insert("Nats-Msg-Id", format!("m{}", sent + i).as_str());
+                }
                 js.publish_with_headers(subject, headers, body.clone())
                     .await?
-            } else {
-                js.publish(subject, body.clone()).await?
             };
             acks.push(ack);
         }
@@ -244,10 +267,11 @@ async fn raw(args: &Args, ids: bool) -> Result<Row, Error> {
     }
     let consume = start.elapsed();
     let row = Row {
-        name: if ids {
-            "raw async-nats + message ids"
-        } else {
-            "raw async-nats"
+        name: match headers_of {
+            RawHeaders::None => "raw async-nats",
+            RawHeaders::Ids => "raw async-nats + message ids",
+            RawHeaders::Key => "raw async-nats + key header",
+            RawHeaders::KeyAndIds => "raw async-nats + key header + message ids",
         },
         publish,
         consume,
@@ -369,18 +393,37 @@ async fn main() -> Result<(), Error> {
     let prefix = format!("bench{:08x}", rand::random::<u32>());
     let nats =
         JetStreamQueue::connect(JetStreamOptions::new(&args.nats_url).with_prefix(&prefix)).await?;
+    let nats_dedupe = JetStreamQueue::connect(
+        JetStreamOptions::new(&args.nats_url)
+            .with_prefix(&prefix)
+            .with_dedupe_on_publish(true),
+    )
+    .await?;
     let path = args.dir.join(format!("{prefix}.db"));
     let embedded = EmbeddedQueue::open(EmbeddedOptions::new(&path)).await?;
     for _ in 0..args.repeat {
         for row in &args.rows {
             let row = match row.as_str() {
-                "raw" => raw(&args, false).await?,
-                "raw-ids" => raw(&args, true).await?,
+                "raw" => raw(&args, RawHeaders::None).await?,
+                "raw-ids" => raw(&args, RawHeaders::Ids).await?,
+                "raw-key" => raw(&args, RawHeaders::Key).await?,
+                "raw-key-ids" => raw(&args, RawHeaders::KeyAndIds).await?,
                 "nats" => {
                     let js = jetstream::new(nats.client().clone());
                     through_worker(
                         "scalestack nats",
                         nats.clone(),
+                        &args,
+                        true,
+                        Some((js, &prefix)),
+                    )
+                    .await?
+                }
+                "nats-dedupe" => {
+                    let js = jetstream::new(nats_dedupe.client().clone());
+                    through_worker(
+                        "scalestack nats, dedupe on publish",
+                        nats_dedupe.clone(),
                         &args,
                         true,
                         Some((js, &prefix)),

@@ -5,7 +5,8 @@
 //!
 //! - stream `P_T` with subjects `P.T.>`, limits retention capped by
 //!   `queue.retention`, the partition count in its description, and a
-//!   duplicate window on message ids. A message is deleted once every
+//!   duplicate window on message ids (used when `queue.nats.dedupe_on_publish`
+//!   puts them in `Nats-Msg-Id`; by default they go in `Scalestack-Id`). A message is deleted once every
 //!   consumer of the stream has settled it, by the clean-up that follows
 //!   settlements (about once a second, one purge of the stream's settled
 //!   prefix: [`JetStreamQueue::clean_up`]) rather than by interest
@@ -66,6 +67,9 @@ const KEY_HEADER: &str = "Scalestack-Key";
 const PARTITION_HEADER: &str = "Scalestack-Partition";
 /// JetStream's own header for duplicate detection.
 const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+/// Header carrying a message's id when the server is not to dedupe it (and
+/// the original id of a redriven message).
+const ID_HEADER: &str = "Scalestack-Id";
 /// Least time between two clean-ups of one topic by one process (see
 /// [`JetStreamQueue::clean_up`]).
 const CLEAN_UP_EVERY: Duration = Duration::from_secs(1);
@@ -107,6 +111,13 @@ impl JetStreamOptions {
     /// Returns the options with another subject prefix.
     pub fn with_prefix(mut self, prefix: &str) -> Self {
         self.nats.prefix = prefix.to_owned();
+        self
+    }
+
+    /// Returns the options with the server's duplicate detection on publish
+    /// turned on or off (see `NatsQueueConfig::dedupe_on_publish`).
+    pub fn with_dedupe_on_publish(mut self, on: bool) -> Self {
+        self.nats.dedupe_on_publish = on;
         self
     }
 
@@ -736,9 +747,10 @@ impl JetStreamQueue {
                 }
             }
         }
-        // A redrive carries the message's own id in a header of ours, since
-        // Nats-Msg-Id there dedupes the redrive itself.
-        if let Some(original) = headers.remove("Scalestack-Id") {
+        // The id is in a header of ours when the server does not dedupe
+        // publishes, and in a redrive, whose Nats-Msg-Id dedupes the redrive
+        // itself.
+        if let Some(original) = headers.remove(ID_HEADER) {
             id = original;
         }
         let partition = partition.unwrap_or_else(|| partition_of(&key, partitions));
@@ -1019,12 +1031,18 @@ impl Backend for JetStreamQueue {
         // Each partition's subject is formatted once per call; a clone of
         // it is a reference count.
         let mut subjects: Vec<Option<Subject>> = vec![None; partitions as usize];
+        // With `Nats-Msg-Id` the server dedupes within its window.
+        let id_header = if self.inner.options.nats.dedupe_on_publish {
+            MSG_ID_HEADER
+        } else {
+            ID_HEADER
+        };
         for chunk in messages.chunks(window) {
             let mut pending = Vec::with_capacity(chunk.len());
             for message in chunk {
                 let partition = partition_of(&message.key, partitions);
                 let mut headers = Self::publish_headers(message);
-                headers.insert(HeaderName::from_static(MSG_ID_HEADER), message.id.as_str());
+                headers.insert(HeaderName::from_static(id_header), message.id.as_str());
                 let subject = subjects[partition as usize]
                     .get_or_insert_with(|| self.partition_subject(topic, partition).into())
                     .clone();
@@ -1275,7 +1293,7 @@ impl Backend for JetStreamQueue {
         for letter in letters {
             let message = letter.message()?;
             let mut headers = Self::publish_headers(&message);
-            headers.insert("Scalestack-Id", message.id.as_str());
+            headers.insert(ID_HEADER, message.id.as_str());
             headers.insert(PARTITION_HEADER, letter.partition.to_string().as_str());
             // Redriving the same dead letter twice (a crash before the delete
             // below) is one redrive: the id names the dead letter.

@@ -188,7 +188,9 @@ pub fn partition_of(key: &str, partitions: u32) -> u32 {
 pub struct Message {
     /// Unique id. Publishing the same id again to a topic is a duplicate: the
     /// embedded backend drops it while the first copy is retained, JetStream
-    /// within its duplicate window. Consumers dedupe on it as well.
+    /// within its duplicate window when `queue.nats.dedupe_on_publish` is on,
+    /// and otherwise delivers it again under the same id. Consumers dedupe on
+    /// it (or on the effect's own key) in any case.
     pub id: String,
     /// Partition key: messages of one key keep their order.
     pub key: String,

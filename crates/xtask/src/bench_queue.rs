@@ -15,6 +15,10 @@ use anyhow::{Context, Result, bail};
 use scalestack_testkit::nats::NatsServer;
 
 use crate::report;
+
+/// Rows the throughput benchmark prints per run: raw, raw + ids, scalestack
+/// nats (default and with dedupe on publish), embedded.
+const ROWS: usize = 5;
 use crate::{cargo, ensure_program, root};
 
 /// Options of the queue benchmark.
@@ -52,8 +56,8 @@ pub(crate) struct Args {
     /// `--no-append`).
     #[arg(long)]
     no_e2e: bool,
-    /// Runs of the four throughput rows, interleaved (raw, raw + ids,
-    /// scalestack nats, embedded, raw, ...); each figure is the median of
+    /// Runs of the five throughput rows, interleaved (raw, raw + ids,
+    /// scalestack nats, with dedupe, embedded, raw, ...); each figure is the median of
     /// its row's runs, which keeps a noisy neighbour from deciding a ratio.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
@@ -125,10 +129,10 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         });
     }
     let repeat = args.repeat.max(1);
-    if runs.len() != 4 * repeat {
+    if runs.len() != ROWS * repeat {
         bail!(
             "expected {} result rows from the benchmark, got {}",
-            4 * repeat,
+            ROWS * repeat,
             runs.len()
         );
     }
@@ -270,11 +274,12 @@ fn render(rows: &[Row]) -> String {
     if let (Some(ids), Some(ours)) = (
         rows.iter()
             .find(|r| r.name == "raw async-nats + message ids"),
-        rows.iter().find(|r| r.name == "scalestack nats"),
+        rows.iter()
+            .find(|r| r.name == "scalestack nats, dedupe on publish"),
     ) {
         let _ = writeln!(
             out,
-            "\nscalestack nats / raw async-nats + message ids: publish {:.2}×, consume + ack {:.2}×.",
+            "\nscalestack nats, dedupe on publish / raw async-nats + message ids: publish {:.2}×, consume + ack {:.2}×.",
             ours.publish / ids.publish,
             ours.consume / ids.consume
         );
@@ -299,7 +304,10 @@ fn append(args: &Args, table: &str) -> Result<()> {
          Each row publishes {} messages of {} bytes (acks awaited in windows of {}), then consumes \
          and acknowledges all of them. Raw: one stream over {} subjects, one durable pull consumer \
          read as a message stream in batches of {}; its second row adds a `Nats-Msg-Id` header to \
-         every publish, as the scalestack backend does for duplicate detection. scalestack: a topic of {} partitions, the worker \
+         every publish, which the server's duplicate detection needs. scalestack: a topic of {} partitions, the worker \
+         runtime with the defaults (the message id in a header of ours, no duplicate detection on publish; \
+         consumers skip duplicates by their own records) and with `queue.nats.dedupe_on_publish = true`, \
+         the worker \
          runtime with {} consume loops and batches of {}. Both NATS streams use limits \
          retention; scalestack deletes settled messages by a clean-up about once a second, \
          whose CPU is counted. CPU = utime + stime of the benchmark \

@@ -5,9 +5,9 @@
 //! message's id is its row's, `shard-3-17`, so every publish of a row carries
 //! the same id), waits for the queue's acknowledgement, and only then marks
 //! the rows sent. A crash between the two leaves the rows unsent: the next
-//! relay publishes them again under the same ids, which the queue drops as
-//! duplicates within its window and the consumers' dedupe records catch after
-//! it. No row is ever marked sent before it is durable in the queue, so none
+//! relay publishes them again under the same ids, which the consumers' dedupe
+//! records catch (and which JetStream drops first within its window when
+//! `queue.nats.dedupe_on_publish` is on). No row is ever marked sent before it is durable in the queue, so none
 //! is published zero times. Rows of one database are published in id order.
 //!
 //! Several relays (several worker processes) may run at once; they then

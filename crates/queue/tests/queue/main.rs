@@ -56,11 +56,48 @@ both!([
     poison_message_reaches_the_dlq_then_redrive_processes_it,
     permanent_error_skips_the_retries,
     dlq_operations_list_show_redrive_purge,
-    duplicate_ids_are_published_once,
     bad_names_and_unknown_topics_are_errors,
     shutdown_finishes_the_batch_in_hand,
     a_panicking_handler_is_retried,
 ]);
+
+// Publish-time duplicate detection: always in the embedded backend, on
+// JetStream with `dedupe_on_publish`.
+suite!(
+    embedded_dedupe,
+    crate::support::EmbeddedEnv::new(),
+    [duplicate_ids_are_published_once]
+);
+suite!(
+    jetstream_dedupe,
+    crate::support::NatsEnv::with_dedupe_on_publish(true),
+    [duplicate_ids_are_published_once]
+);
+
+/// Without publish-time duplicate detection (JetStream's default), a second
+/// publish of an id is stored and delivered again, under the same id, so
+/// that consumers can skip it by their own records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_without_publish_dedupe_delivers_duplicates_under_one_id() {
+    let env = crate::support::NatsEnv::new().await;
+    let q = support::Env::queue(&env);
+    q.ensure_topic(&TopicSpec::new("t", 1, &["g"]))
+        .await
+        .unwrap();
+    let same = || Message::new("same", "k", "1");
+    let first = q.publish("t", &[same()]).await.unwrap();
+    let second = q.publish("t", &[same()]).await.unwrap();
+    assert!(!first[0].duplicate && !second[0].duplicate);
+    assert_ne!(first[0].seq, second[0].seq, "both publishes are stored");
+    let mut ids = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ids.len() < 2 && std::time::Instant::now() < deadline {
+        let batch = q.fetch("t", "g", 10, Duration::from_secs(1)).await.unwrap();
+        ids.extend(batch.iter().map(|d| d.message.id.clone()));
+        q.ack(&batch).await.unwrap();
+    }
+    assert_eq!(ids, ["same", "same"]);
+}
 
 // === crash: SIGKILL of a consumer process ===
 

@@ -118,12 +118,18 @@ pub(crate) struct NatsEnv {
 
 impl NatsEnv {
     pub(crate) async fn new() -> Self {
+        Self::with_dedupe_on_publish(false).await
+    }
+
+    /// With the server dropping publishes of ids it saw (`Nats-Msg-Id`).
+    pub(crate) async fn with_dedupe_on_publish(on: bool) -> Self {
         let server = NatsServer::shared().unwrap();
         // Every test has its own prefix, hence its own streams and consumers.
         let prefix = format!("t{:08x}", rand::random::<u32>());
         let options = JetStreamOptions::new(&server.url())
             .with_prefix(&prefix)
-            .with_ack_deadline(DEADLINE);
+            .with_ack_deadline(DEADLINE)
+            .with_dedupe_on_publish(on);
         let queue = JetStreamQueue::connect(options.clone()).await.unwrap();
         Self {
             queue,
