@@ -86,6 +86,12 @@ pub struct NatsQueueConfig {
     /// cheaper for the server. On, a relay that re-publishes after a crash
     /// costs no second delivery.
     pub dedupe_on_publish: bool,
+    /// Time between clean-ups of a topic's stream while its messages are
+    /// being settled: each purges what every group has settled, so settled
+    /// messages stay on the server up to about this long.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub clean_up_interval: Duration,
     /// Copies of every stream (1 on a single server; 3 on a cluster).
     pub replicas: usize,
     /// Time to wait for the server when connecting and for each request.
@@ -102,6 +108,7 @@ impl Default for NatsQueueConfig {
             publish_window: 1_000,
             duplicate_window: Duration::from_secs(120),
             dedupe_on_publish: false,
+            clean_up_interval: Duration::from_secs(1),
             replicas: 1,
             request_timeout: Duration::from_secs(5),
         }
@@ -197,6 +204,7 @@ impl QueueConfig {
             ));
         }
         positive("queue.nats.duplicate_window", nats.duplicate_window)?;
+        positive("queue.nats.clean_up_interval", nats.clean_up_interval)?;
         positive("queue.nats.request_timeout", nats.request_timeout)?;
         if !(1..=5).contains(&nats.replicas) {
             return Err(invalid(
@@ -230,6 +238,8 @@ mod tests {
         assert!(msg.contains("`queue.nats.publish_window` = 5000"), "{msg}");
         let msg = error_of("[queue]\nack_deadline = \"10ms\"\n");
         assert!(msg.contains("`queue.ack_deadline` = \"10ms\""), "{msg}");
+        let msg = error_of("[queue.nats]\nclean_up_interval = \"0s\"\n");
+        assert!(msg.contains("`queue.nats.clean_up_interval`"), "{msg}");
     }
 
     #[test]

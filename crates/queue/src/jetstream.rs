@@ -8,7 +8,7 @@
 //!   duplicate window on message ids (used when `queue.nats.dedupe_on_publish`
 //!   puts them in `Nats-Msg-Id`; by default they go in `Scalestack-Id`). A message is deleted once every
 //!   consumer of the stream has settled it, by the clean-up that follows
-//!   settlements (about once a second, one purge of the stream's settled
+//!   settlements (every `queue.nats.clean_up_interval`, 1 s by default, one purge of the stream's settled
 //!   prefix: [`JetStreamQueue::clean_up`]) rather than by interest
 //!   retention, under which the server deletes each message on its last ack
 //!   at a CPU cost as high as its delivery. Storage therefore holds settled
@@ -70,9 +70,6 @@ const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// Header carrying a message's id when the server is not to dedupe it (and
 /// the original id of a redriven message).
 const ID_HEADER: &str = "Scalestack-Id";
-/// Least time between two clean-ups of one topic by one process (see
-/// [`JetStreamQueue::clean_up`]).
-const CLEAN_UP_EVERY: Duration = Duration::from_secs(1);
 
 /// Settings of a [`JetStreamQueue`].
 #[derive(Debug, Clone)]
@@ -324,7 +321,7 @@ impl JetStreamQueue {
     }
 
     /// Notes that messages of `topic` were settled: a clean-up follows
-    /// within [`CLEAN_UP_EVERY`], and then one every interval while messages
+    /// within `queue.nats.clean_up_interval`, and then one every interval while messages
     /// keep being settled.
     fn schedule_clean_up(&self, topic: &str) {
         let mut clean_ups = self.inner.clean_ups.lock().unwrap();
@@ -338,7 +335,12 @@ impl JetStreamQueue {
         }
         state.running = true;
         drop(clean_ups);
-        tokio::spawn(clean_up_loop(Arc::downgrade(&self.inner), topic.to_owned()));
+        let every = self.inner.options.nats.clean_up_interval;
+        tokio::spawn(clean_up_loop(
+            Arc::downgrade(&self.inner),
+            topic.to_owned(),
+            every,
+        ));
     }
 
     /// The stream of `topic`, without asking the server for its info.
@@ -879,15 +881,15 @@ async fn feed(
     }
 }
 
-/// Cleans `topic` up every [`CLEAN_UP_EVERY`] while messages of it are
+/// Cleans `topic` up `every` interval while messages of it are
 /// being settled in this process, then stops. A failed clean-up is tried
 /// again at the next interval, a few times; after that the next settlement
 /// starts over, and the retention age is the backstop.
-async fn clean_up_loop(inner: std::sync::Weak<Inner>, topic: String) {
+async fn clean_up_loop(inner: std::sync::Weak<Inner>, topic: String, every: Duration) {
     const TRIES: u32 = 5;
     let mut failures = 0;
     loop {
-        tokio::time::sleep(CLEAN_UP_EVERY).await;
+        tokio::time::sleep(every).await;
         let Some(inner) = inner.upgrade() else { return };
         if let Some(state) = inner.clean_ups.lock().unwrap().get_mut(&topic) {
             state.dirty = false;

@@ -256,35 +256,39 @@ async fn jetstream_keeps_messages_across_a_server_kill() {
 /// stands in for interest retention.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_cleans_up_what_every_group_settled() {
+    let metrics = scalestack_telemetry::metrics::install("test", "queue");
     let server = NatsServer::shared().unwrap();
     let prefix = format!("clean{:08x}", rand::random::<u32>());
-    let queue = JetStreamQueue::connect(JetStreamOptions::new(&server.url()).with_prefix(&prefix))
-        .await
-        .unwrap();
+    let mut options = JetStreamOptions::new(&server.url()).with_prefix(&prefix);
+    options.nats.clean_up_interval = Duration::from_millis(200);
+    let queue = JetStreamQueue::connect(options).await.unwrap();
     queue
-        .ensure_topic(&TopicSpec::new("t", 2, &["a", "b"]))
+        .ensure_topic(&TopicSpec::new("swept", 2, &["a", "b"]))
         .await
         .unwrap();
     let messages: Vec<Message> = (0..20)
         .map(|i| Message::new(format!("m{i}"), format!("k{}", i % 5), "x"))
         .collect();
-    queue.publish("t", &messages).await.unwrap();
+    queue.publish("swept", &messages).await.unwrap();
     let js = async_nats::jetstream::new(queue.client().clone());
-    let stream = js.get_stream_no_info(format!("{prefix}_t")).await.unwrap();
+    let stream = js
+        .get_stream_no_info(format!("{prefix}_swept"))
+        .await
+        .unwrap();
     let stored = || async { stream.get_info().await.unwrap().state.messages };
 
     // Group a settles everything: group b still needs every message.
     let mut done = 0;
     while done < 20 {
         let batch = queue
-            .fetch("t", "a", 50, Duration::from_secs(10))
+            .fetch("swept", "a", 50, Duration::from_secs(10))
             .await
             .unwrap();
         assert!(!batch.is_empty(), "group a got {done} of 20");
         done += batch.len();
         queue.ack(&batch).await.unwrap();
     }
-    assert_eq!(queue.clean_up("t").await.unwrap(), 0);
+    assert_eq!(queue.clean_up("swept").await.unwrap(), 0);
     assert_eq!(stored().await, 20);
 
     // Group b acknowledges all but one message, which waits for a retry:
@@ -293,7 +297,7 @@ async fn jetstream_cleans_up_what_every_group_settled() {
     let mut done = 0;
     while done < 20 {
         let batch = queue
-            .fetch("t", "b", 50, Duration::from_secs(10))
+            .fetch("swept", "b", 50, Duration::from_secs(10))
             .await
             .unwrap();
         assert!(!batch.is_empty(), "group b got {done} of 20");
@@ -316,7 +320,7 @@ async fn jetstream_cleans_up_what_every_group_settled() {
         }
     }
     let held = held.unwrap();
-    queue.clean_up("t").await.unwrap();
+    queue.clean_up("swept").await.unwrap();
     assert!(stored().await >= 1);
     assert!(
         stream.get_raw_message(held.seq).await.is_ok(),
@@ -324,7 +328,7 @@ async fn jetstream_cleans_up_what_every_group_settled() {
     );
 
     let again = queue
-        .fetch("t", "b", 50, Duration::from_secs(10))
+        .fetch("swept", "b", 50, Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
@@ -334,8 +338,16 @@ async fn jetstream_cleans_up_what_every_group_settled() {
     // The clean-up that follows settlements empties the stream by itself.
     let emptied = until(Duration::from_secs(15), || async { stored().await == 0 }).await;
     assert!(emptied, "{} messages left", stored().await);
-    assert_eq!(queue.group_stats("t", "a").await.unwrap().lag(), 0);
-    assert_eq!(queue.group_stats("t", "b").await.unwrap().lag(), 0);
+    assert_eq!(queue.group_stats("swept", "a").await.unwrap().lag(), 0);
+    assert_eq!(queue.group_stats("swept", "b").await.unwrap().lag(), 0);
+    // Every message was purged once, by hand or by the clean-up loop, and
+    // counted (the topic is this test's alone).
+    let text = metrics.render();
+    let cleaned = text
+        .lines()
+        .find(|l| l.starts_with("scalestack_queue_cleaned_total{") && l.contains("topic=\"swept\""))
+        .unwrap_or_else(|| panic!("no clean-up counter for the topic:\n{text}"));
+    assert!(cleaned.ends_with(" 20"), "{cleaned}");
 }
 
 // === metrics ===
